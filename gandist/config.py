@@ -1,0 +1,339 @@
+"""Typed run configuration: dataclasses with defaults, YAML files holding differences, dotted overrides.
+
+A config is built in three layers, later ones winning:
+
+    defaults (the dataclasses below)  <-  --config file.yaml  <-  key.sub=value overrides
+
+Unknown keys, values of the wrong type and impossible values raise `ConfigError`, which names the
+key, the value and where it came from. Where to train (processes, nodes) is not configured here:
+that is the launcher's job (`launch/`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key and value in the message."""
+
+
+@dataclass
+class ModelConfig:
+    """What G and D are."""
+
+    arch: Literal["dcgan"] = "dcgan"
+    """Architecture family of G and D."""
+    resolution: int = 32
+    """Image side in pixels (power of two: 32, 64 or 128)."""
+    channels: int = 1
+    """Image channels: 1 (grey) or 3 (RGB)."""
+    z_dim: int = 100
+    """Length of the latent vector z."""
+    g_width: int = 64
+    """Channels of G's last hidden layer (ngf in Radford et al.); doubles at each lower resolution."""
+    d_width: int = 64
+    """Channels of D's first layer (ndf); doubles at each lower resolution."""
+
+
+@dataclass
+class OptimizerConfig:
+    """Adam settings for one network."""
+
+    lr: float = 2e-4
+    """Learning rate."""
+    betas: tuple[float, float] = (0.5, 0.999)
+    """Adam's (beta1, beta2)."""
+    eps: float = 1e-8
+    """Adam's epsilon."""
+    weight_decay: float = 0.0
+    """L2 weight decay."""
+
+
+@dataclass
+class DataConfig:
+    """Where the training images come from and how they are read."""
+
+    shards: str = ""
+    """WebDataset shard spec (path, brace pattern or comma-separated list); empty: the embedded Fashion-MNIST sample."""
+    num_workers: int = 1
+    """DataLoader worker processes per rank (0: read in the training process)."""
+    shuffle_buffer: int = 1000
+    """Samples held in the shuffle buffer of each worker."""
+    xflip: bool = False
+    """Randomly flip images horizontally."""
+    prefetch_factor: int = 4
+    """Batches each worker prepares ahead."""
+
+
+@dataclass
+class TrainConfig:
+    """The schedule, the loss and the numerics of training."""
+
+    kimg: float = 40.0
+    """Budget: thousands of real images shown to D."""
+    batch: int = 64
+    """Global batch: real images per D step summed over all ranks (must divide by the number of ranks)."""
+    loss: Literal["nonsaturating", "hinge"] = "nonsaturating"
+    """GAN loss."""
+    seed: int = 0
+    """Seed for weights, noise and data order."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Autocast precision; auto: bf16 on GPUs that support it, else fp32."""
+    ema_kimg: float = 10.0
+    """Half-life of G_ema in thousands of images (0: no averaging, G_ema = G)."""
+    ema_rampup: float = 0.05
+    """Limit the EMA half-life to this fraction of the images shown so far (0: no ramp-up)."""
+    tick_kimg: float = 1.0
+    """Interval of maintenance (stats line, progress) in kimg."""
+    snapshot_kimg: float = 5.0
+    """Interval of sample grids in kimg (a grid is also written at the start and the end)."""
+    checkpoint_kimg: float = 20.0
+    """Interval of checkpoints in kimg (one is also written at the end); 0: only at the end."""
+    grid_size: int = 64
+    """Number of images in the fixed-noise sample grid."""
+    channels_last: bool = False
+    """Use channels_last memory format for models and images (faster on recent GPUs)."""
+    max_steps: int = 0
+    """Stop after this many D/G iterations regardless of kimg (0: no limit); for tests and benchmarks."""
+    keep_checkpoints: int = 3
+    """Complete checkpoints kept in the run folder (older ones are deleted once a newer one is complete)."""
+
+
+@dataclass
+class StrategyConfig:
+    """How parameters are held and stepped across processes."""
+
+    name: Literal["auto", "single", "ddp"] = "auto"
+    """auto: ddp when several processes are launched, else single."""
+    timeout_s: int = 600
+    """Process-group timeout in seconds: a rank that stops answering ends the job after this long."""
+
+
+@dataclass
+class Config:
+    """Everything a training run needs, apart from where it runs."""
+
+    output_dir: str = "runs"
+    """Folder holding one sub-folder per run."""
+    run_name: str = ""
+    """Name of the run folder; empty: a timestamp."""
+    resume: str = "auto"
+    """auto: continue from the newest complete checkpoint of the run folder if any; never; or a checkpoint path."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    G_opt: OptimizerConfig = field(default_factory=OptimizerConfig)
+    D_opt: OptimizerConfig = field(default_factory=OptimizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building a config from dicts, with type checking.
+
+
+def _check_value(key: str, value: Any, hint: Any, source: str) -> Any:
+    """Return `value` converted to `hint`, or raise ConfigError naming key and value."""
+    origin = typing.get_origin(hint)
+    bad = ConfigError(f"{source}: key '{key}' expects {_describe(hint)}, got {value!r} ({type(value).__name__})")
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{source}: key '{key}' must be one of {list(typing.get_args(hint))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(key, value, arg, source)
+            except ConfigError:
+                pass
+        raise bad
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise bad
+        return tuple(_check_value(f"{key}[{i}]", v, a, source) for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        (arg,) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        return [_check_value(f"{key}[{i}]", v, arg, source) for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise bad
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin is not None:
+        return str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", str(hint))
+
+
+def _merge(obj: Any, updates: dict, source: str, prefix: str = "") -> None:
+    """Apply a nested dict of updates to a dataclass instance in place."""
+    if not isinstance(updates, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {updates!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            close = [n for n in names if n.lower() == str(key).lower() or n.startswith(str(key)[:3])]
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(sorted(names))})"
+            raise ConfigError(f"{source}: unknown key '{full}'{hint}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, source, full + ".")
+        else:
+            setattr(obj, key, _check_value(full, value, hints[key], source))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split `a.b=c` into ('a.b', parsed c); c is read as YAML (numbers, lists, booleans)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. train.kimg=10)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML: {e}") from None
+    if value is None and raw.strip().lower() not in ("null", "~", "none"):
+        value = raw
+    return key, value
+
+
+def _nest(key: str, value: Any) -> dict:
+    out: Any = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build the config from defaults, an optional YAML file and dotted overrides; validate it."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+        _merge(cfg, data, f"config file {str(path)!r}")
+    for text in overrides:
+        key, value = parse_override(text)
+        _merge(cfg, _nest(key, value), f"override {text!r}")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config, world_size: int | None = None) -> None:
+    """Raise ConfigError for values that are well-typed but impossible."""
+    m, t, d = cfg.model, cfg.train, cfg.data
+    res = m.resolution
+    if res not in (32, 64, 128) or 2 ** int(math.log2(res)) != res:
+        raise ConfigError(f"key 'model.resolution' must be a power of two among 32, 64, 128, got {res}")
+    if m.channels not in (1, 3):
+        raise ConfigError(f"key 'model.channels' must be 1 or 3, got {m.channels}")
+    for key, value in (("model.z_dim", m.z_dim), ("model.g_width", m.g_width), ("model.d_width", m.d_width)):
+        if value < 1:
+            raise ConfigError(f"key '{key}' must be a positive integer, got {value}")
+    if t.batch < 1:
+        raise ConfigError(f"key 'train.batch' must be positive, got {t.batch}")
+    if world_size is not None and t.batch % world_size:
+        raise ConfigError(
+            f"key 'train.batch' = {t.batch} is not divisible by the {world_size} processes of this launch: "
+            f"use a multiple of {world_size}"
+        )
+    positive = {"train.kimg": t.kimg, "train.tick_kimg": t.tick_kimg, "train.snapshot_kimg": t.snapshot_kimg}
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"key '{key}' must be > 0, got {value}")
+    non_negative = {
+        "train.ema_kimg": t.ema_kimg,
+        "train.ema_rampup": t.ema_rampup,
+        "train.checkpoint_kimg": t.checkpoint_kimg,
+        "train.max_steps": t.max_steps,
+        "train.keep_checkpoints": t.keep_checkpoints,
+        "data.num_workers": d.num_workers,
+        "data.shuffle_buffer": d.shuffle_buffer,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"key '{key}' must be >= 0, got {value}")
+    if t.grid_size < 1:
+        raise ConfigError(f"key 'train.grid_size' must be positive, got {t.grid_size}")
+    if d.prefetch_factor < 1:
+        raise ConfigError(f"key 'data.prefetch_factor' must be positive, got {d.prefetch_factor}")
+    for name in ("G_opt", "D_opt"):
+        o: OptimizerConfig = getattr(cfg, name)
+        if not o.lr > 0:
+            raise ConfigError(f"key '{name}.lr' must be > 0, got {o.lr}")
+        if not all(0 <= b < 1 for b in o.betas):
+            raise ConfigError(f"key '{name}.betas' must lie in [0, 1), got {list(o.betas)}")
+    if cfg.strategy.timeout_s < 1:
+        raise ConfigError(f"key 'strategy.timeout_s' must be positive, got {cfg.strategy.timeout_s}")
+
+
+def to_dict(cfg: Config) -> dict:
+    """The config as plain nested dicts and lists (tuples become lists), ready for YAML or JSON."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def from_dict(data: dict, source: str = "saved config") -> Config:
+    """Rebuild a Config from `to_dict` output (e.g. a run folder's config.yaml)."""
+    cfg = Config()
+    _merge(cfg, data, source)
+    validate(cfg)
+    return cfg

@@ -1,0 +1,45 @@
+"""Exponential moving average of G's weights (G_ema), with a half-life counted in images.
+
+As in StyleGAN2-ADA: after a step that showed `batch` images, G_ema = lerp(G, G_ema, beta) with
+beta = 0.5 ** (batch / half_life_images), so the averaging horizon does not depend on the batch
+size or the number of GPUs. An optional ramp-up limits the half-life to a fraction of the images
+seen so far, so early G_ema is not dominated by the random initial weights. Buffers (BatchNorm
+running statistics) are copied, not averaged.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def make_ema(G: nn.Module) -> nn.Module:
+    """A frozen copy of G to hold the averaged weights."""
+    G_ema = copy.deepcopy(G).eval()
+    G_ema.requires_grad_(False)
+    return G_ema
+
+
+def ema_beta(batch: int, nimg: int, ema_kimg: float, rampup: float) -> float:
+    """Decay for one step of `batch` images after `nimg` images seen (0 means copy G)."""
+    half_life = ema_kimg * 1000
+    if rampup > 0:
+        half_life = min(half_life, nimg * rampup)
+    if half_life <= 0:
+        return 0.0
+    return 0.5 ** (batch / half_life)
+
+
+@torch.no_grad()
+def update_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
+    """G_ema <- beta * G_ema + (1 - beta) * G for parameters; buffers copied from G."""
+    ema_params = list(G_ema.parameters())
+    params = [p.detach() for p in G.parameters()]
+    if beta == 0.0:
+        torch._foreach_copy_(ema_params, params)
+    else:
+        torch._foreach_lerp_(ema_params, params, 1.0 - beta)
+    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+        b_ema.copy_(b)

@@ -1,0 +1,49 @@
+"""GAN losses as pure functions of D's logits. Each returns a scalar (the batch mean).
+
+Non-saturating (Goodfellow et al. 2014, the seed DCGAN's loss):
+    L_D = softplus(-D(x)) + softplus(D(G(z)))  =  -log sigmoid(D(x)) - log(1 - sigmoid(D(G(z))))
+    L_G = softplus(-D(G(z)))                   =  -log sigmoid(D(G(z)))
+Hinge (Lim & Ye 2017; Miyato et al. 2018):
+    L_D = relu(1 - D(x)) + relu(1 + D(G(z)))
+    L_G = -D(G(z))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def nonsaturating_d(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """D's non-saturating loss: -log D(x) - log(1 - D(G(z))), averaged over each batch."""
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def nonsaturating_g(fake_logits: torch.Tensor) -> torch.Tensor:
+    """G's non-saturating loss: -log D(G(z))."""
+    return F.softplus(-fake_logits).mean()
+
+
+def hinge_d(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """D's hinge loss: max(0, 1 - D(x)) + max(0, 1 + D(G(z)))."""
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def hinge_g(fake_logits: torch.Tensor) -> torch.Tensor:
+    """G's hinge loss: -D(G(z))."""
+    return -fake_logits.mean()
+
+
+LOSSES: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]] = {
+    "nonsaturating": (nonsaturating_d, nonsaturating_g),
+    "hinge": (hinge_d, hinge_g),
+}
+
+
+def get_losses(name: str) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
+    """Return (d_loss, g_loss) for a loss name."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r} (known: {', '.join(LOSSES)})")
+    return LOSSES[name]

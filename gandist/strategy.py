@@ -1,0 +1,173 @@
+"""How the two networks are held, run and stepped: one process or DDP, under one interface.
+
+The training loop never touches DDP wrappers, scalers or optimizers directly. It asks:
+
+    strategy.train_forward("G")      the callable that trains G (DDP wrapper: gradients are all-reduced)
+    strategy.frozen_forward("D")     D's raw module with requires_grad off, for the G phase
+    strategy.backward_and_step("D", loss)
+    strategy.module("G")             the plain nn.Module (for G_ema, sampling, saving)
+
+Precision is torch autocast with fp32 master weights and one GradScaler per net for fp16, so the
+same numerics hold for every strategy (DeepSpeed's half-precision cast breaks BatchNorm nets, see
+shared/DESIGN.md). Models stay plain single-device modules; distribution is applied here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+from torch import nn
+
+from gandist.config import ConfigError, StrategyConfig
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def make_accelerator(cfg: StrategyConfig) -> Accelerator:
+    """Create the Accelerator (process group, device) and check that the launch is what it seems.
+
+    Without CUDA the processes are put on the CPU with gloo: `accelerate launch` of a multi-process
+    config then forms a real multi-rank group (accelerate's own MULTI_CPU starts one process).
+    """
+    cuda = torch.cuda.is_available()
+    handlers = [DistributedDataParallelKwargs(broadcast_buffers=True)]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        timeout = datetime.timedelta(seconds=cfg.timeout_s)
+        handlers.append(InitProcessGroupKwargs(backend="nccl" if cuda else "gloo", timeout=timeout))
+    accelerator = Accelerator(
+        cpu=not cuda,
+        mixed_precision="no",  # autocast and scalers are ours: one scaler per net
+        kwargs_handlers=handlers,
+    )
+    env_world = os.environ.get("WORLD_SIZE")
+    if env_world is not None and int(env_world) != accelerator.num_processes:
+        raise RuntimeError(
+            f"WORLD_SIZE={env_world} in the environment but the process group has {accelerator.num_processes} "
+            "process(es): the launcher and accelerate disagree (see launch/README.md for working launch commands)"
+        )
+    if cfg.name == "single" and accelerator.num_processes > 1:
+        raise ConfigError(
+            f"key 'strategy.name' = 'single' but {accelerator.num_processes} processes were launched: "
+            "use strategy.name=ddp (or auto), or launch one process"
+        )
+    return accelerator
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Turn 'auto' into a concrete precision and refuse what the device cannot do."""
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"key 'train.precision' = 'fp16' needs a CUDA GPU (device here: {device.type}); "
+            "fp16 autocast on CPU is silently fp32. Use fp32 or bf16."
+        )
+    return precision
+
+
+@dataclass
+class _Net:
+    module: nn.Module
+    wrapped: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+
+
+class Strategy:
+    """Single process or DDP through Accelerate, with per-net autocast scalers."""
+
+    def __init__(self, accelerator: Accelerator, precision: str):
+        self.accelerator = accelerator
+        self.device = accelerator.device
+        self.precision = resolve_precision(precision, self.device)
+        self.dtype = PRECISIONS[self.precision]
+        self.nets: dict[str, _Net] = {}
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def add(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Register a net with its optimizer; it is moved to the device and wrapped for distribution."""
+        wrapped = self.accelerator.prepare_model(module)  # moves in place: the optimizer's params stay valid
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.nets[name] = _Net(self.accelerator.unwrap_model(wrapped), wrapped, optimizer, scaler)
+
+    def module(self, name: str) -> nn.Module:
+        """The plain module (no wrapper)."""
+        return self.nets[name].module
+
+    def optimizer(self, name: str) -> torch.optim.Optimizer:
+        return self.nets[name].optimizer
+
+    def scaler(self, name: str) -> torch.amp.GradScaler:
+        return self.nets[name].scaler
+
+    def train_forward(self, name: str) -> nn.Module:
+        """The callable to use when this net's parameters are being trained (gradients synchronised)."""
+        return self.nets[name].wrapped
+
+    @contextlib.contextmanager
+    def frozen(self, name: str):
+        """Yield the raw module with requires_grad off: gradients flow through it to its inputs only.
+
+        Used for D in the G phase: D collects no gradients and no DDP hook fires for it.
+        """
+        module = self.nets[name].module
+        module.requires_grad_(False)
+        try:
+            yield module
+        finally:
+            module.requires_grad_(True)
+
+    def autocast(self):
+        """Autocast context for forward passes at the run's precision."""
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def backward_and_step(self, name: str, loss: torch.Tensor) -> None:
+        """Backward the loss into this net's gradients, step its optimizer, clear the gradients."""
+        net = self.nets[name]
+        net.scaler.scale(loss).backward()
+        net.scaler.step(net.optimizer)
+        net.scaler.update()
+        net.optimizer.zero_grad(set_to_none=True)
+
+    def reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Mean of a tensor over all ranks (a collective: every rank must call it)."""
+        if self.world_size == 1:
+            return tensor
+        return self.accelerator.reduce(tensor.clone(), reduction="mean")
+
+    def sync_buffers(self, module: nn.Module) -> None:
+        """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+        Forward passes outside DDP's own buffer broadcast (the frozen D in the G phase, the last
+        step's G) leave each rank with running statistics of its own batch.
+        """
+        if self.world_size > 1:
+            for buffer in module.buffers():
+                torch.distributed.broadcast(buffer.data, src=0)
+
+    def barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    def close(self) -> None:
+        """Tear down the process group: a clean exit avoids gloo's abort at interpreter shutdown."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

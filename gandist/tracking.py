@@ -1,0 +1,89 @@
+"""What a run reports: per-tick statistics to `stats.jsonl`, and a progress bar on rank 0.
+
+Statistics are accumulated on the device during a tick (no host sync per step), reduced across
+ranks once per tick, and written by rank 0 only.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+
+class TickStats:
+    """Running sums of scalar tensors on the device, averaged and reset at each tick."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, name: str, value: torch.Tensor) -> None:
+        """Add a scalar (detached) to this tick's sum for `name`."""
+        value = value.detach().float()
+        if name in self.sums:
+            self.sums[name] += value
+        else:
+            self.sums[name] = value.clone()
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def means(self, reduce_mean) -> dict[str, float]:
+        """Per-name means over the tick and over ranks (`reduce_mean` is a collective); then reset."""
+        if not self.sums:
+            return {}
+        names = sorted(self.sums)
+        local = torch.stack([self.sums[n] / self.counts[n] for n in names])
+        values = reduce_mean(local).tolist()
+        self.sums.clear()
+        self.counts.clear()
+        return dict(zip(names, values))
+
+
+class Reporter:
+    """Writes `stats.jsonl` and drives the progress bar; does nothing on ranks other than 0."""
+
+    def __init__(self, run_dir: Path, total_kimg: float, start_kimg: float, enabled: bool):
+        self.enabled = enabled
+        self.stats_path = run_dir / "stats.jsonl"
+        self.bar = None
+        if enabled:
+            self.bar = tqdm(
+                total=round(total_kimg, 3),
+                initial=round(start_kimg, 3),
+                unit="kimg",
+                dynamic_ncols=True,
+                file=sys.stderr,
+                mininterval=1.0,
+                bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg [{elapsed}<{remaining}{postfix}]",
+            )
+
+    def advance(self, kimg: float) -> None:
+        """Move the bar to `kimg` (cheap; called every step)."""
+        if self.bar is not None:
+            self.bar.update(round(min(kimg, self.bar.total) - self.bar.n, 3))
+
+    def tick(self, record: dict) -> None:
+        """Append one line to stats.jsonl and show the losses on the bar."""
+        if not self.enabled:
+            return
+        with self.stats_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.bar is not None:
+            shown = {"img/s": f"{record.get('images_per_s', 0):.0f}"}
+            for key in ("loss/D", "loss/G"):
+                if key in record:
+                    shown[key.split("/")[1]] = f"{record[key]:.3f}"
+            self.bar.set_postfix(shown, refresh=True)
+
+    def message(self, text: str) -> None:
+        """A line of text above the bar."""
+        if self.enabled:
+            (self.bar.write if self.bar is not None else print)(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,97 @@
+"""Whole tiny trainings through each entry point users have."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from gandist.checkpoint import latest_checkpoint
+from tests.conftest import BIN, PYTHON, ROOT, run
+
+pytestmark = pytest.mark.slow
+
+
+def _check_run(run_dir, grid_size=16):
+    assert (run_dir / "config.yaml").is_file()
+    stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert stats and stats[-1]["kimg"] >= 0.256
+    assert all(k in stats[-1] for k in ("loss/D", "loss/G", "images_per_s", "score/real", "score/fake"))
+    grids = sorted((run_dir / "samples").glob("fakes-*.png"))
+    assert len(grids) >= 2
+    with Image.open(grids[-1]) as im:
+        assert im.size == (4 * 34 + 2, 4 * 34 + 2)  # 4 x 4 tiles of 32 px with 2 px padding
+    assert latest_checkpoint(run_dir) is not None
+    assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 1
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        [PYTHON, "-m", "gandist.train"],
+        [str(BIN / "gandist"), "train"],
+        [PYTHON, "-m", "gandist", "train"],
+    ],
+    ids=["python-m-gandist.train", "gandist-train", "python-m-gandist"],
+)
+def test_entry_point_trains(entry, tmp_path, tiny_shards):
+    run(
+        [
+            *entry,
+            "--config",
+            str(ROOT / "configs/tiny.yaml"),
+            f"output_dir={tmp_path}",
+            "run_name=r",
+            f"data.shards={tiny_shards}",
+        ]
+    )
+    _check_run(tmp_path / "r")
+
+
+def test_accelerate_launch_one_process_on_embedded_data(tmp_path):
+    run(
+        [
+            str(BIN / "accelerate"),
+            "launch",
+            "--config_file",
+            str(ROOT / "launch/gpu_1.yaml"),
+            "--cpu",
+            str(ROOT / "gandist/train.py"),
+            "--config",
+            str(ROOT / "configs/tiny.yaml"),
+            f"output_dir={tmp_path}",
+            "run_name=r",
+        ]
+    )
+    _check_run(tmp_path / "r")
+
+
+def test_resolved_config_is_saved_and_printed(tmp_path):
+    out = run([PYTHON, "-m", "gandist.train", "--print-config", "train.kimg=3", "model.channels=3"]).stdout
+    assert "kimg: 3.0" in out and "channels: 3" in out
+
+
+def test_config_error_exits_2_naming_the_key(tmp_path):
+    import subprocess
+
+    proc = subprocess.run(
+        [PYTHON, "-m", "gandist.train", "train.batchsize=3"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 2 and "train.batchsize" in proc.stderr
+
+
+def test_resume_auto_continues_the_kimg_count(tmp_path, tiny_shards):
+    args = [
+        PYTHON,
+        "-m",
+        "gandist.train",
+        "--config",
+        str(ROOT / "configs/tiny.yaml"),
+        f"output_dir={tmp_path}",
+        "run_name=r",
+        f"data.shards={tiny_shards}",
+    ]
+    run(args)
+    run([*args, "train.kimg=0.512"])
+    stats = [json.loads(line) for line in (tmp_path / "r" / "stats.jsonl").read_text().splitlines()]
+    kimgs = [s["kimg"] for s in stats]
+    assert kimgs == sorted(kimgs) and kimgs[-1] >= 0.512 and len(set(kimgs)) == len(kimgs)
