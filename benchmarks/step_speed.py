@@ -11,6 +11,7 @@ Three measurements, each in its own process with the same thread count, interlea
   synthetic  gandist's own step (strategy, D phase, G phase, G_ema update) on a fixed random batch
   train      the whole `gandist train` job reading the embedded shards through the loader
              (images/s from its stats.jsonl, first tick dropped as warm-up)
+  train+X    the same with tracker X on (--tracking wandb: an offline W&B run)
 
 Same model (DCGAN, width 64, 3 channels: the parameter counts of plain_gan.py), batch and
 precision. Prints one JSON line per measurement, then one summary line with the ratios.
@@ -143,7 +144,7 @@ def run_synthetic(a: argparse.Namespace) -> float:
     return json.loads(out.strip().splitlines()[-1])["images_per_s"]
 
 
-def run_train(a: argparse.Namespace) -> float:
+def run_train(a: argparse.Namespace, report_to: str = "none") -> float:
     with tempfile.TemporaryDirectory() as tmp:
         warm_kimg = a.warmup * a.batch / 1000
         total = (a.warmup + a.steps) * a.batch
@@ -163,10 +164,12 @@ def run_train(a: argparse.Namespace) -> float:
             "train.checkpoint_kimg=0",
             f"train.channels_last={a.channels_last}",
             f"data.num_workers={a.workers}",
+            f"tracking.report_to={report_to}",
         ]
         if a.res != 32:
             raise SystemExit("--mode train reads the embedded 32 px shards: use --res 32 or --skip-train")
-        subprocess.run(cmd, capture_output=True, text=True, check=True, env=_child_env(a.threads), cwd=ROOT)
+        env = {**_child_env(a.threads), "WANDB_MODE": "offline"}
+        subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, cwd=ROOT)
         lines = [json.loads(x) for x in (Path(tmp) / "bench" / "stats.jsonl").read_text().splitlines()]
         # drop the warm-up tick (the first line); the rest: images shown / seconds taken
         shown = (lines[-1]["kimg"] - lines[0]["kimg"]) * 1000
@@ -186,6 +189,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="loader workers for --mode train")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-train", action="store_true", help="only plain vs synthetic")
+    p.add_argument(
+        "--tracking",
+        default="",
+        choices=["", "wandb", "tensorboard"],
+        help="also run the train mode with this tracker on (offline) and report the ratio to tracking off",
+    )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker == "synthetic":
@@ -196,6 +205,8 @@ def main() -> None:
     runners = {"plain": run_plain, "synthetic": run_synthetic}
     if not a.skip_train:
         runners["train"] = run_train
+    if a.tracking:
+        runners[f"train+{a.tracking}"] = lambda a: run_train(a, report_to=a.tracking)
     results: dict[str, list[float]] = {k: [] for k in runners}
     for r in range(a.repeats):
         for name, fn in runners.items():
@@ -212,6 +223,8 @@ def main() -> None:
         **{f"{k}_images_per_s": round(v, 1) for k, v in med.items()},
         **{f"ratio_{k}_to_plain": round(v / med["plain"], 3) for k, v in med.items() if k != "plain"},
     }
+    if a.tracking and "train" in med:
+        summary[f"ratio_tracking_{a.tracking}_on_to_off"] = round(med[f"train+{a.tracking}"] / med["train"], 3)
     print(json.dumps(summary))
 
 

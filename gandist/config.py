@@ -119,6 +119,30 @@ class StrategyConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment trackers (rank 0 only). W&B settings also follow the usual WANDB_* variables."""
+
+    report_to: list[str] = field(default_factory=lambda: ["none"])
+    """Trackers: any of wandb, tensorboard, none (a list, or comma-separated: wandb,tensorboard)."""
+    project: str = ""
+    """W&B project; empty: WANDB_PROJECT or 'gandist'."""
+    entity: str = ""
+    """W&B entity (team or user); empty: WANDB_ENTITY or your default."""
+    name: str = ""
+    """Display name of the run; empty: the run folder name."""
+    group: str = ""
+    """W&B group, e.g. one sweep or one multi-run experiment."""
+    tags: list[str] = field(default_factory=list)
+    """W&B tags."""
+    notes: str = ""
+    """W&B notes."""
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    """auto: online if an API key is configured, else offline (never prompts); WANDB_MODE wins if set."""
+    log_images: bool = True
+    """Send sample grids (and one grid of real images at the start) to the trackers."""
+
+
+@dataclass
 class Config:
     """Everything a training run needs, apart from where it runs."""
 
@@ -134,6 +158,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,6 +192,8 @@ def _check_value(key: str, value: Any, hint: Any, source: str) -> Any:
         return tuple(_check_value(f"{key}[{i}]", v, a, source) for i, (v, a) in enumerate(zip(value, args)))
     if origin is list:
         (arg,) = typing.get_args(hint)
+        if isinstance(value, str) and arg is str:  # a=x,y on the command line
+            value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise bad
         return [_check_value(f"{key}[{i}]", v, arg, source) for i, v in enumerate(value)]
@@ -246,6 +273,19 @@ def _nest(key: str, value: Any) -> dict:
     return out
 
 
+def _field_hint(cfg: Config, key: str) -> Any:
+    """The type hint of a dotted key, or None if there is no such field."""
+    obj: Any = cfg
+    parts = key.split(".")
+    for part in parts[:-1]:
+        obj = getattr(obj, part, None)
+        if not dataclasses.is_dataclass(obj):
+            return None
+    if not dataclasses.is_dataclass(obj):
+        return None
+    return typing.get_type_hints(type(obj)).get(parts[-1])
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Build the config from defaults, an optional YAML file and dotted overrides; validate it."""
     cfg = Config()
@@ -260,6 +300,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         _merge(cfg, data, f"config file {str(path)!r}")
     for text in overrides:
         key, value = parse_override(text)
+        if _field_hint(cfg, key) is str:  # run_name=off stays the string 'off', not YAML's False
+            value = text.split("=", 1)[1]
         _merge(cfg, _nest(key, value), f"override {text!r}")
     validate(cfg)
     return cfg
@@ -309,6 +351,9 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
             raise ConfigError(f"key '{name}.lr' must be > 0, got {o.lr}")
         if not all(0 <= b < 1 for b in o.betas):
             raise ConfigError(f"key '{name}.betas' must lie in [0, 1), got {list(o.betas)}")
+    unknown = [n for n in cfg.tracking.report_to if n not in ("wandb", "tensorboard", "none")]
+    if unknown:
+        raise ConfigError(f"key 'tracking.report_to' has unknown tracker(s) {unknown}: use wandb, tensorboard or none")
     if cfg.strategy.timeout_s < 1:
         raise ConfigError(f"key 'strategy.timeout_s' must be positive, got {cfg.strategy.timeout_s}")
 

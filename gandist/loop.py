@@ -32,10 +32,11 @@ from gandist import checkpoint
 from gandist.config import Config, ConfigError, to_dict, to_yaml, validate
 from gandist.data import StreamSpec, expand_shards, make_loader, to_device_float
 from gandist.ema import ema_beta, make_ema, update_ema
-from gandist.images import save_grid
+from gandist.images import make_grid, save_grid
 from gandist.losses import get_losses
 from gandist.models import build_models
 from gandist.strategy import Strategy, make_accelerator
+from gandist.trackers import Trackers, environment_summary
 from gandist.tracking import Reporter, TickStats
 
 
@@ -58,7 +59,7 @@ class Phases:
             real_logits = D(real)
             fake_logits = D(fake)
             loss = self.d_loss(real_logits.float(), fake_logits.float())
-        s.backward_and_step("D", loss)
+        self._record("D", s.backward_and_step("D", loss))
         self.stats.add("loss/D", loss)
         self.stats.add("score/real", real_logits.detach().float().mean())
         self.stats.add("score/fake", fake_logits.detach().float().mean())
@@ -69,8 +70,13 @@ class Phases:
         G = s.train_forward("G")
         with s.frozen("D") as D, s.autocast():
             loss = self.g_loss(D(G(z)).float())
-        s.backward_and_step("G", loss)
+        self._record("G", s.backward_and_step("G", loss))
         self.stats.add("loss/G", loss)
+
+    def _record(self, name: str, step_stats: dict[str, torch.Tensor]) -> None:
+        self.stats.add(f"grad_norm/{name}", step_stats["grad_norm"])
+        if "skipped" in step_stats:
+            self.stats.add(f"skipped_frac/{name}", step_stats["skipped"])
 
 
 def build_nets(cfg: Config) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -157,7 +163,7 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
 
     noise = torch.Generator(device=device).manual_seed(t.seed + 1)
     grid_z = torch.randn(t.grid_size, cfg.model.z_dim, generator=torch.Generator().manual_seed(t.seed + 2)).to(device)
-    nimg, step, restart = 0, 0, 0
+    nimg, step, restart, tracker_run_id = 0, 0, 0, None
 
     resume_from = _resume_path(cfg, run_dir)
     if resume_from is not None:
@@ -169,6 +175,7 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
             strategy.optimizer(name).load_state_dict(shared[f"opt_{name}"])
             strategy.scaler(name).load_state_dict(shared[f"scaler_{name}"])
         nimg, step, restart = shared["nimg"], shared["step"], shared["restart"] + 1
+        tracker_run_id = shared.get("tracker_run_id")
         noise.set_state(shared["noise"].to(noise.get_state().device))
         if own is not None:
             torch.set_rng_state(own["cpu_rng"])
@@ -193,6 +200,14 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
 
     total_nimg = int(t.kimg * 1000)
     reporter = Reporter(run_dir, t.kimg, nimg / 1000, enabled=strategy.is_main)
+    trackers = Trackers(
+        cfg.tracking,
+        run_dir,
+        {**to_dict(cfg), "env": environment_summary(world, str(device))},
+        enabled=strategy.is_main,
+        run_id=tracker_run_id,
+        say=reporter.message,
+    )
     reporter.message(
         f"gandist: run {run_dir} | {world} process(es) on {device.type} | batch {t.batch} ({batch_per_gpu}/rank) | "
         f"precision {strategy.precision} | {t.kimg} kimg" + (f" | resumed from {resume_from}" if resume_from else "")
@@ -203,6 +218,8 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
             with torch.no_grad(), strategy.autocast():
                 images = G_ema(grid_z)
             save_grid(images, run_dir / "samples" / f"fakes-{nimg / 1000:010.3f}kimg.png")
+            if cfg.tracking.log_images:
+                trackers.log_image("samples/fakes", make_grid(images), f"G_ema at {nimg / 1000:.3f} kimg", step)
 
     def save(at_step: int) -> Path:
         for module in (G, D, G_ema):
@@ -221,6 +238,7 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
                 "restart": restart,
                 "noise": noise.get_state(),
                 "world_size": world,
+                "tracker_run_id": trackers.run_id,
                 "config": to_dict(cfg),
             },
             rank_state={"cpu_rng": torch.get_rng_state()},
@@ -241,6 +259,11 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
         t_wait = time.perf_counter()
         images, _labels = next(batches)
         wait_time += time.perf_counter() - t_wait
+        if step == 0 and strategy.is_main:
+            reals = images[: t.grid_size]
+            save_grid(reals, run_dir / "samples" / "reals.png")
+            if cfg.tracking.log_images:
+                trackers.log_image("samples/reals", make_grid(reals), "real training images", step)
         real = to_device_float(images, device, memory_format)
 
         z_d = torch.randn(t.batch, cfg.model.z_dim, device=device, generator=noise)
@@ -268,9 +291,14 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
                 "data_wait_frac": round(wait_time / max(elapsed, 1e-9), 4),
                 **{k: round(v, 5) for k, v in means.items()},
             }
+            for name in ("G", "D"):
+                record[f"lr/{name}"] = strategy.optimizer(name).param_groups[0]["lr"]
+                if strategy.scaler(name).is_enabled():
+                    record[f"loss_scale/{name}"] = strategy.scaler(name).get_scale()
             if device.type == "cuda":
                 record["gpu_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
             reporter.tick(record)
+            trackers.log(record, step)
             tick_start_nimg, tick_start_time, wait_time = nimg, time.perf_counter(), 0.0
             while next_tick <= nimg:
                 next_tick += t.tick_kimg * 1000
@@ -302,5 +330,6 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
         )
         if not in_sync:
             reporter.message(f"gandist: WARNING ranks hold different parameters: {digests}")
+    trackers.finish()
     reporter.close()
     return run_dir

@@ -140,13 +140,24 @@ class Strategy:
         """Autocast context for forward passes at the run's precision."""
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
 
-    def backward_and_step(self, name: str, loss: torch.Tensor) -> None:
-        """Backward the loss into this net's gradients, step its optimizer, clear the gradients."""
+    def backward_and_step(self, name: str, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Backward the loss into this net's gradients, step its optimizer, clear the gradients.
+
+        Returns device tensors (no host sync): the gradient norm (unscaled) and, under fp16,
+        whether the scaler skipped this step because of inf/NaN gradients.
+        """
         net = self.nets[name]
         net.scaler.scale(loss).backward()
+        net.scaler.unscale_(net.optimizer)
+        grads = [p.grad for p in net.module.parameters() if p.grad is not None]
+        out = {"grad_norm": torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)}
+        scale_before = net.scaler._scale.clone() if net.scaler.is_enabled() else None
         net.scaler.step(net.optimizer)
         net.scaler.update()
+        if scale_before is not None:  # the scaler lowers its scale exactly when it skipped the step
+            out["skipped"] = (net.scaler._scale < scale_before).float()
         net.optimizer.zero_grad(set_to_none=True)
+        return out
 
     def reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """Mean of a tensor over all ranks (a collective: every rank must call it)."""

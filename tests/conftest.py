@@ -43,6 +43,7 @@ def run(
 ) -> subprocess.CompletedProcess:
     """Run a command, failing the test with its output if it exits non-zero."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None: unset the variable
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or ROOT)
     if proc.returncode != 0:
         raise AssertionError(

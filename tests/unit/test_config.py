@@ -65,6 +65,8 @@ def test_override_values_are_yaml():
     assert parse_override("a.b=0.5") == ("a.b", 0.5)
     assert parse_override("a=hello") == ("a", "hello")
     assert parse_override("a=") == ("a", "")
+    assert load_config(None, ["run_name=off", "output_dir=123"]).run_name == "off"  # str fields keep the text
+    assert load_config(None, ["output_dir=123"]).output_dir == "123"
 
 
 def test_round_trip_through_dict():
