@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,42 +51,68 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message names the folder and the cause."""
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
     shared_state: Callable[[], dict],
     rank_state: dict,
     rank: int,
-    barrier: Callable[[], None],
+    all_ok: Callable[[bool], bool],
     keep: int = 3,
+    delay_s: float = 0.0,
 ) -> Path:
     """Collectively write checkpoint `step`: rank 0 writes `shared_state()`, every rank its `rank_state`.
 
-    Every rank must call this. Returns the final folder.
+    Every rank must call this. `all_ok(flag)` is a collective AND over ranks: a write that fails
+    on any rank (full disk, dead file system) makes every rank raise CheckpointError together
+    instead of leaving the others waiting; the temporary folder is removed and older checkpoints
+    stay as they were. Returns the final folder.
     """
     folder = Path(run_dir) / "checkpoints"
     final = folder / f"step-{step:09d}"
     tmp = folder / f".step-{step:09d}.tmp"
+    error: BaseException | None = None
     if rank == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-    barrier()
-    _save_file(rank_state, tmp / f"rank-{rank:05d}.pt")
-    if rank == 0:
-        _save_file(shared_state(), tmp / "state.pt")
-    barrier()
-    if rank == 0:
-        (tmp / MARKER).write_text(f"step {step}\n")
-        _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(folder)
-        for old in complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        except OSError as e:
+            error = e
+    if all_ok(error is None):
+        try:
+            _save_file(rank_state, tmp / f"rank-{rank:05d}.pt")
+            if rank == 0:
+                _save_file(shared_state(), tmp / "state.pt")
+            if delay_s > 0:
+                time.sleep(delay_s)
+        except Exception as e:  # noqa: BLE001 - any failure must reach all ranks, then re-raise
+            error = e
+    else:
+        error = error or CheckpointError("another rank could not create the folder")
+    if all_ok(error is None) and rank == 0:
+        try:
+            (tmp / MARKER).write_text(f"step {step}\n")
+            _fsync_dir(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(folder)
+        except OSError as e:
+            error = e
+    if not all_ok(error is None):
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        cause = f"{type(error).__name__}: {error}" if error else "a write failed on another rank"
+        raise CheckpointError(f"could not write checkpoint {final} ({cause}); the previous checkpoints are intact")
+    if rank == 0 and keep > 0:
+        for old in complete_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    barrier()
     return final
 
 
@@ -93,10 +120,13 @@ def load_checkpoint(path: str | Path, rank: int = 0) -> tuple[dict, dict | None]
     """Load (shared state, this rank's state or None) from a complete checkpoint folder."""
     path = Path(path)
     if not (path / MARKER).is_file():
-        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
-    shared = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
-    rank_file = path / f"rank-{rank:05d}.pt"
-    rank_state = torch.load(rank_file, map_location="cpu", weights_only=False) if rank_file.is_file() else None
+        raise CheckpointError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
+    try:
+        shared = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+        rank_file = path / f"rank-{rank:05d}.pt"
+        rank_state = torch.load(rank_file, map_location="cpu", weights_only=False) if rank_file.is_file() else None
+    except Exception as e:  # noqa: BLE001 - torch.load raises many kinds on damaged files
+        raise CheckpointError(f"checkpoint {path} is damaged and cannot be read ({type(e).__name__}: {e})") from e
     return shared, rank_state
 
 

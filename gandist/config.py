@@ -119,6 +119,40 @@ class StrategyConfig:
 
 
 @dataclass
+class FaultConfig:
+    """Stopping early, surviving bad steps."""
+
+    stop_after_minutes: float = 0.0
+    """Wall-time budget of this job in minutes: then checkpoint and exit with the requeue code (0: none)."""
+    stop_file: str = ""
+    """A file whose existence asks the run to checkpoint and stop; empty: STOP in the run folder."""
+    check_every: int = 10
+    """Steps between the all-rank checks for signals, the stop file and the time budget."""
+    nan_guard: bool = True
+    """Skip (on all ranks) any step whose loss or gradient is NaN/Inf on any rank (one host sync per phase)."""
+    max_bad_steps: int = 20
+    """Consecutive skipped steps that trigger a rollback to the last complete checkpoint."""
+    max_rollbacks: int = 3
+    """Rollbacks allowed before the run stops with an error."""
+
+
+@dataclass
+class DebugConfig:
+    """Fault injection for tests: never needed in real runs."""
+
+    nan_at_steps: list[int] = field(default_factory=list)
+    """Steps (counted from the run's start) whose D loss is made NaN."""
+    nan_rank: int = -1
+    """Rank that gets the NaN (-1: all ranks)."""
+    fail_at_step: int = -1
+    """Step at which `fail_rank` raises an exception (-1: never)."""
+    fail_rank: int = 0
+    """Rank that fails at `fail_at_step`."""
+    checkpoint_delay_s: float = 0.0
+    """Pause inside every checkpoint save, after the files and before the COMPLETE marker."""
+
+
+@dataclass
 class TrackingConfig:
     """Experiment trackers (rank 0 only). W&B settings also follow the usual WANDB_* variables."""
 
@@ -159,6 +193,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,6 +371,8 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         "train.checkpoint_kimg": t.checkpoint_kimg,
         "train.max_steps": t.max_steps,
         "train.keep_checkpoints": t.keep_checkpoints,
+        "faults.stop_after_minutes": cfg.faults.stop_after_minutes,
+        "faults.max_rollbacks": cfg.faults.max_rollbacks,
         "data.num_workers": d.num_workers,
         "data.shuffle_buffer": d.shuffle_buffer,
     }
@@ -351,6 +389,12 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
             raise ConfigError(f"key '{name}.lr' must be > 0, got {o.lr}")
         if not all(0 <= b < 1 for b in o.betas):
             raise ConfigError(f"key '{name}.betas' must lie in [0, 1), got {list(o.betas)}")
+    for key, value in (
+        ("faults.check_every", cfg.faults.check_every),
+        ("faults.max_bad_steps", cfg.faults.max_bad_steps),
+    ):
+        if value < 1:
+            raise ConfigError(f"key '{key}' must be >= 1, got {value}")
     unknown = [n for n in cfg.tracking.report_to if n not in ("wandb", "tensorboard", "none")]
     if unknown:
         raise ConfigError(f"key 'tracking.report_to' has unknown tracker(s) {unknown}: use wandb, tensorboard or none")

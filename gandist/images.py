@@ -13,10 +13,9 @@ from PIL import Image
 
 def make_grid(images: torch.Tensor, rows: int | None = None, pad: int = 2) -> np.ndarray:
     """N x C x H x W floats in [-1, 1] (or uint8) -> H' x W' (x 3) uint8 tiling, `rows` rows."""
-    images = images.detach().float().cpu()
+    images = images.detach().cpu()
     if images.dtype != torch.uint8:
-        images = ((images.clamp(-1, 1) + 1) * 127.5).round()
-    images = images.to(torch.uint8)
+        images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     n, c, h, w = images.shape
     rows = rows or max(1, int(math.sqrt(n)))
     cols = math.ceil(n / rows)

@@ -1,16 +1,21 @@
 """The training loop: alternating D and G phases, counted in images shown to D (kimg).
 
-    set up: process group, run folder, G, D, G_ema, Adam per net, strategy, per-rank shard stream
+    set up: process group, run folder, G, D, G_ema, Adam per net, strategy, per-rank shard stream;
+            resume from the newest complete checkpoint (state.py) if there is one
     while nimg < train.kimg * 1000:
         real  <- next batch of this rank (uint8 on the host) -> device, [-1, 1]
         D phase: fake = G(z).detach();  L_D = d_loss(D(real), D(fake));  step D
         G phase: D frozen (raw module);  L_G = g_loss(D(G(z')));           step G
+                 (a NaN/Inf loss or gradient on any rank: every rank skips that step;
+                  faults.max_bad_steps in a row: roll back to the last checkpoint)
         G_ema  <- lerp towards G with a half-life of train.ema_kimg
         nimg += global batch
-        once per tick:     reduce stats across ranks; rank 0 writes stats.jsonl, updates the bar
+        once per tick:     reduce stats across ranks; rank 0 writes stats.jsonl, W&B, the bar
         every snapshot:    rank 0 writes a G_ema grid of the fixed noise to samples/
         every checkpoint:  all ranks save (checkpoint.py)
-    at the end: grid, checkpoint, parameter checksums of every rank in summary.json
+        every few steps:   all ranks agree whether to stop early (signal, stop file, time budget)
+    at the end: grid, checkpoint, parameter checksums of every rank in summary.json;
+    stopped early: also a REQUEUE marker, and the process exits with REQUEUE_EXIT_CODE
 
 z is drawn for the global batch from one generator shared by all ranks and each rank takes its
 slice, so a run's noise does not depend on the number of ranks.
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +41,8 @@ from gandist.ema import ema_beta, make_ema, update_ema
 from gandist.images import make_grid, save_grid
 from gandist.losses import get_losses
 from gandist.models import build_models
+from gandist.preemption import StopRequested, clear_requeue_marker, write_requeue_marker
+from gandist.state import TrainState
 from gandist.strategy import Strategy, make_accelerator
 from gandist.trackers import Trackers, environment_summary
 from gandist.tracking import Reporter, TickStats
@@ -48,9 +56,11 @@ class Phases:
     d_loss: Callable[..., torch.Tensor]
     g_loss: Callable[..., torch.Tensor]
     stats: TickStats
+    guard: bool = False
+    poison: bool = False  # debug.nan_at_steps: make this step's D loss NaN
 
-    def d_phase(self, real: torch.Tensor, z: torch.Tensor) -> None:
-        """One D step on this rank's real batch and fakes from z (G not trained)."""
+    def d_phase(self, real: torch.Tensor, z: torch.Tensor) -> bool:
+        """One D step on this rank's real batch and fakes from z (G not trained); False if skipped."""
         s = self.strategy
         G, D = s.train_forward("G"), s.train_forward("D")
         with s.autocast():
@@ -59,24 +69,34 @@ class Phases:
             real_logits = D(real)
             fake_logits = D(fake)
             loss = self.d_loss(real_logits.float(), fake_logits.float())
-        self._record("D", s.backward_and_step("D", loss))
-        self.stats.add("loss/D", loss)
-        self.stats.add("score/real", real_logits.detach().float().mean())
-        self.stats.add("score/fake", fake_logits.detach().float().mean())
+            if self.poison:
+                loss = loss * float("nan")
+        ok = self._record("D", s.backward_and_step("D", loss, guard=self.guard))
+        if ok:
+            self.stats.add("loss/D", loss)
+            self.stats.add("score/real", real_logits.detach().float().mean())
+            self.stats.add("score/fake", fake_logits.detach().float().mean())
+        return ok
 
-    def g_phase(self, z: torch.Tensor) -> None:
-        """One G step through a frozen D."""
+    def g_phase(self, z: torch.Tensor) -> bool:
+        """One G step through a frozen D; False if skipped."""
         s = self.strategy
         G = s.train_forward("G")
         with s.frozen("D") as D, s.autocast():
             loss = self.g_loss(D(G(z)).float())
-        self._record("G", s.backward_and_step("G", loss))
-        self.stats.add("loss/G", loss)
+        ok = self._record("G", s.backward_and_step("G", loss, guard=self.guard))
+        if ok:
+            self.stats.add("loss/G", loss)
+        return ok
 
-    def _record(self, name: str, step_stats: dict[str, torch.Tensor]) -> None:
+    def _record(self, name: str, step_stats: dict[str, torch.Tensor]) -> bool:
+        """Add a phase's step statistics; True unless the non-finite guard skipped the step."""
+        if "nonfinite" in step_stats and step_stats["nonfinite"].item() > 0:
+            return False
         self.stats.add(f"grad_norm/{name}", step_stats["grad_norm"])
         if "skipped" in step_stats:
             self.stats.add(f"skipped_frac/{name}", step_stats["skipped"])
+        return True
 
 
 def build_nets(cfg: Config) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -131,17 +151,51 @@ def _resume_path(cfg: Config, run_dir: Path) -> Path | None:
     return path
 
 
-def train(cfg: Config) -> Path:
-    """Run a whole training job in this process (one rank of a launch). Returns the run folder."""
+@dataclass
+class TrainResult:
+    """How a training job ended."""
+
+    run_dir: Path
+    stopped_early: bool = False
+    """True when a signal, the stop file or the time budget ended the job before its kimg budget."""
+    reason: str = ""
+
+
+def train(cfg: Config) -> TrainResult:
+    """Run a whole training job in this process (one rank of a launch)."""
     accelerator = make_accelerator(cfg.strategy)
     strategy = Strategy(accelerator, cfg.train.precision)
     try:
         return _train(cfg, strategy)
+    except BaseException as e:
+        if not isinstance(e, (KeyboardInterrupt, SystemExit)):
+            # name the rank: the launcher shows every rank's output interleaved
+            print(f"gandist: rank {strategy.rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        raise
     finally:
         strategy.close()
 
 
-def _train(cfg: Config, strategy: Strategy) -> Path:
+def _make_loader(cfg: Config, strategy: Strategy, restart: int) -> torch.utils.data.DataLoader:
+    return make_loader(
+        StreamSpec(
+            urls=expand_shards(cfg.data.shards),
+            batch_per_gpu=cfg.train.batch // strategy.world_size,
+            resolution=cfg.model.resolution,
+            channels=cfg.model.channels,
+            seed=cfg.train.seed,
+            rank=strategy.rank,
+            restart=restart,
+            shuffle_buffer=cfg.data.shuffle_buffer,
+            xflip=cfg.data.xflip,
+        ),
+        num_workers=cfg.data.num_workers,
+        prefetch_factor=cfg.data.prefetch_factor,
+        pin_memory=strategy.device.type == "cuda",
+    )
+
+
+def _train(cfg: Config, strategy: Strategy) -> TrainResult:
     t, world, rank, device = cfg.train, strategy.world_size, strategy.rank, strategy.device
     validate(cfg, world_size=world)
     batch_per_gpu = t.batch // world
@@ -157,135 +211,102 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
     G_ema = make_ema(G)
     strategy.add("G", G, make_optimizer(G.parameters(), cfg.G_opt))
     strategy.add("D", D, make_optimizer(D.parameters(), cfg.D_opt))
-    d_loss, g_loss = get_losses(t.loss)
+    state = TrainState(cfg, strategy, G, D, G_ema, noise=torch.Generator(device=device).manual_seed(t.seed + 1))
     stats = TickStats(device)
-    phases = Phases(strategy, d_loss, g_loss, stats)
-
-    noise = torch.Generator(device=device).manual_seed(t.seed + 1)
+    phases = Phases(strategy, *get_losses(t.loss), stats, guard=cfg.faults.nan_guard)
     grid_z = torch.randn(t.grid_size, cfg.model.z_dim, generator=torch.Generator().manual_seed(t.seed + 2)).to(device)
-    nimg, step, restart, tracker_run_id = 0, 0, 0, None
 
     resume_from = _resume_path(cfg, run_dir)
     if resume_from is not None:
-        shared, own = checkpoint.load_checkpoint(resume_from, rank)
-        G.load_state_dict(shared["G"])
-        D.load_state_dict(shared["D"])
-        G_ema.load_state_dict(shared["G_ema"])
-        for name in ("G", "D"):
-            strategy.optimizer(name).load_state_dict(shared[f"opt_{name}"])
-            strategy.scaler(name).load_state_dict(shared[f"scaler_{name}"])
-        nimg, step, restart = shared["nimg"], shared["step"], shared["restart"] + 1
-        tracker_run_id = shared.get("tracker_run_id")
-        noise.set_state(shared["noise"].to(noise.get_state().device))
-        if own is not None:
-            torch.set_rng_state(own["cpu_rng"])
+        state.load(resume_from)
+        state.progress.restart += 1
+    progress = state.progress
+    batches = iter(_make_loader(cfg, strategy, progress.restart))
 
-    loader = make_loader(
-        StreamSpec(
-            urls=expand_shards(cfg.data.shards),
-            batch_per_gpu=batch_per_gpu,
-            resolution=cfg.model.resolution,
-            channels=cfg.model.channels,
-            seed=t.seed,
-            rank=rank,
-            restart=restart,
-            shuffle_buffer=cfg.data.shuffle_buffer,
-            xflip=cfg.data.xflip,
-        ),
-        num_workers=cfg.data.num_workers,
-        prefetch_factor=cfg.data.prefetch_factor,
-        pin_memory=device.type == "cuda",
-    )
-    batches = iter(loader)
-
-    total_nimg = int(t.kimg * 1000)
-    reporter = Reporter(run_dir, t.kimg, nimg / 1000, enabled=strategy.is_main)
+    reporter = Reporter(run_dir, t.kimg, progress.nimg / 1000, enabled=strategy.is_main)
     trackers = Trackers(
         cfg.tracking,
         run_dir,
         {**to_dict(cfg), "env": environment_summary(world, str(device))},
         enabled=strategy.is_main,
-        run_id=tracker_run_id,
+        run_id=progress.tracker_run_id,
         say=reporter.message,
     )
+    progress.tracker_run_id = trackers.run_id
     reporter.message(
         f"gandist: run {run_dir} | {world} process(es) on {device.type} | batch {t.batch} ({batch_per_gpu}/rank) | "
         f"precision {strategy.precision} | {t.kimg} kimg" + (f" | resumed from {resume_from}" if resume_from else "")
     )
+    stop_file = Path(cfg.faults.stop_file) if cfg.faults.stop_file else run_dir / "STOP"
+    stopper = StopRequested(stop_file, cfg.faults.stop_after_minutes, cfg.faults.check_every)
+    stopper.install()
+    if strategy.is_main:
+        clear_requeue_marker(run_dir)
 
     def write_grid() -> None:
         if strategy.is_main:
             with torch.no_grad(), strategy.autocast():
                 images = G_ema(grid_z)
-            save_grid(images, run_dir / "samples" / f"fakes-{nimg / 1000:010.3f}kimg.png")
+            kimg = progress.nimg / 1000
+            save_grid(images, run_dir / "samples" / f"fakes-{kimg:010.3f}kimg.png")
             if cfg.tracking.log_images:
-                trackers.log_image("samples/fakes", make_grid(images), f"G_ema at {nimg / 1000:.3f} kimg", step)
+                trackers.log_image("samples/fakes", make_grid(images), f"G_ema at {kimg:.3f} kimg", progress.step)
 
-    def save(at_step: int) -> Path:
-        for module in (G, D, G_ema):
-            strategy.sync_buffers(module)
-        return checkpoint.save_checkpoint(
-            run_dir,
-            at_step,
-            shared_state=lambda: {
-                "G": G.state_dict(),
-                "D": D.state_dict(),
-                "G_ema": G_ema.state_dict(),
-                **{f"opt_{n}": strategy.optimizer(n).state_dict() for n in ("G", "D")},
-                **{f"scaler_{n}": strategy.scaler(n).state_dict() for n in ("G", "D")},
-                "nimg": nimg,
-                "step": at_step,
-                "restart": restart,
-                "noise": noise.get_state(),
-                "world_size": world,
-                "tracker_run_id": trackers.run_id,
-                "config": to_dict(cfg),
-            },
-            rank_state={"cpu_rng": torch.get_rng_state()},
-            rank=rank,
-            barrier=strategy.barrier,
-            keep=t.keep_checkpoints,
-        )
+    def save() -> Path:
+        return state.save(run_dir, delay_s=cfg.debug.checkpoint_delay_s)
 
-    if nimg == 0:
+    if progress.nimg == 0:
         write_grid()
-    tick_start_nimg, tick_start_time, wait_time = nimg, time.perf_counter(), 0.0
-    next_tick = nimg + t.tick_kimg * 1000
-    next_snapshot = nimg + t.snapshot_kimg * 1000
-    next_checkpoint = nimg + t.checkpoint_kimg * 1000 if t.checkpoint_kimg > 0 else float("inf")
-    steps_this_job = 0
+    total_nimg = int(t.kimg * 1000)
+    tick_start_nimg, tick_start_time, wait_time = progress.nimg, time.perf_counter(), 0.0
+    next_tick = progress.nimg + t.tick_kimg * 1000
+    next_snapshot = progress.nimg + t.snapshot_kimg * 1000
+    next_checkpoint = progress.nimg + t.checkpoint_kimg * 1000 if t.checkpoint_kimg > 0 else float("inf")
+    steps_this_job, bad_in_a_row, stopped_early = 0, 0, False
 
-    while nimg < total_nimg and not (t.max_steps and steps_this_job >= t.max_steps):
+    while progress.nimg < total_nimg and not (t.max_steps and steps_this_job >= t.max_steps) and not stopped_early:
         t_wait = time.perf_counter()
         images, _labels = next(batches)
         wait_time += time.perf_counter() - t_wait
-        if step == 0 and strategy.is_main:
+        if progress.step == 0 and strategy.is_main:
             reals = images[: t.grid_size]
             save_grid(reals, run_dir / "samples" / "reals.png")
             if cfg.tracking.log_images:
-                trackers.log_image("samples/reals", make_grid(reals), "real training images", step)
+                trackers.log_image("samples/reals", make_grid(reals), "real training images", 0)
         real = to_device_float(images, device, memory_format)
+        if steps_this_job == cfg.debug.fail_at_step and rank == cfg.debug.fail_rank:
+            raise RuntimeError(f"debug.fail_at_step={cfg.debug.fail_at_step}: injected failure on rank {rank}")
+        phases.poison = steps_this_job in cfg.debug.nan_at_steps and cfg.debug.nan_rank in (-1, rank)
 
-        z_d = torch.randn(t.batch, cfg.model.z_dim, device=device, generator=noise)
-        z_g = torch.randn(t.batch, cfg.model.z_dim, device=device, generator=noise)
+        z_d = torch.randn(t.batch, cfg.model.z_dim, device=device, generator=state.noise)
+        z_g = torch.randn(t.batch, cfg.model.z_dim, device=device, generator=state.noise)
         mine = slice(rank * batch_per_gpu, (rank + 1) * batch_per_gpu)
-        phases.d_phase(real, z_d[mine])
-        phases.g_phase(z_g[mine])
+        ok = phases.d_phase(real, z_d[mine])
+        ok = phases.g_phase(z_g[mine]) and ok
 
-        update_ema(G_ema, G, ema_beta(t.batch, nimg, t.ema_kimg, t.ema_rampup))
-        nimg += t.batch
-        step += 1
+        update_ema(G_ema, G, ema_beta(t.batch, progress.nimg, t.ema_kimg, t.ema_rampup))
+        progress.nimg += t.batch
+        progress.step += 1
         steps_this_job += 1
-        reporter.advance(nimg / 1000)
+        reporter.advance(progress.nimg / 1000)
+        if phases.guard:
+            stats.add("faults/nonfinite_frac", torch.tensor(0.0 if ok else 1.0, device=device))
+            bad_in_a_row = 0 if ok else bad_in_a_row + 1
+            progress.skipped_steps += 0 if ok else 1
+            if bad_in_a_row >= cfg.faults.max_bad_steps:
+                _roll_back(state, run_dir, reporter)
+                bad_in_a_row = 0
 
-        done = nimg >= total_nimg or (t.max_steps and steps_this_job >= t.max_steps)
-        if nimg >= next_tick or done:
+        done = progress.nimg >= total_nimg or (t.max_steps and steps_this_job >= t.max_steps)
+        if not done and stopper.should_stop(progress.step, strategy.reduce_max, device):
+            done = stopped_early = True
+        if progress.nimg >= next_tick or done:
             means = stats.means(strategy.reduce_mean)
             elapsed = time.perf_counter() - tick_start_time
-            shown = nimg - tick_start_nimg
+            shown = progress.nimg - tick_start_nimg
             record = {
-                "kimg": round(nimg / 1000, 3),
-                "step": step,
+                "kimg": round(progress.nimg / 1000, 3),
+                "step": progress.step,
                 "images_per_s": round(shown / max(elapsed, 1e-9), 1),
                 "sec_per_kimg": round(elapsed / max(shown / 1000, 1e-9), 3),
                 "data_wait_frac": round(wait_time / max(elapsed, 1e-9), 4),
@@ -295,41 +316,78 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
                 record[f"lr/{name}"] = strategy.optimizer(name).param_groups[0]["lr"]
                 if strategy.scaler(name).is_enabled():
                     record[f"loss_scale/{name}"] = strategy.scaler(name).get_scale()
+            if phases.guard:
+                record["faults/skipped_steps"] = progress.skipped_steps
+                record["faults/rollbacks"] = progress.rollbacks
             if device.type == "cuda":
                 record["gpu_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
             reporter.tick(record)
-            trackers.log(record, step)
-            tick_start_nimg, tick_start_time, wait_time = nimg, time.perf_counter(), 0.0
-            while next_tick <= nimg:
+            trackers.log(record, progress.step)
+            tick_start_nimg, tick_start_time, wait_time = progress.nimg, time.perf_counter(), 0.0
+            while next_tick <= progress.nimg:
                 next_tick += t.tick_kimg * 1000
-        if nimg >= next_snapshot and not done:
+        if progress.nimg >= next_snapshot and not done:
             write_grid()
-            while next_snapshot <= nimg:
+            while next_snapshot <= progress.nimg:
                 next_snapshot += t.snapshot_kimg * 1000
-        if nimg >= next_checkpoint and not done:
-            save(step)
-            while next_checkpoint <= nimg:
+        if progress.nimg >= next_checkpoint and not done:
+            save()
+            while next_checkpoint <= progress.nimg:
                 next_checkpoint += t.checkpoint_kimg * 1000
 
     write_grid()
-    final = save(step)
+    existing = checkpoint.latest_checkpoint(run_dir)
+    nothing_new = steps_this_job == 0 and existing is not None and existing.name == f"step-{progress.step:09d}"
+    final = existing if nothing_new else save()  # never replace a complete checkpoint by the same step
     digests = gather_object([{"rank": rank, "G": param_digest(G), "D": param_digest(D), "G_ema": param_digest(G_ema)}])
+    kimg = progress.nimg / 1000
     if strategy.is_main:
         in_sync = all(d[k] == digests[0][k] for d in digests for k in ("G", "D", "G_ema"))
         summary = {
-            "kimg": round(nimg / 1000, 3),
-            "step": step,
+            "kimg": round(kimg, 3),
+            "step": progress.step,
             "world_size": world,
             "checkpoint": str(final),
+            "stopped_early": stopped_early,
+            "skipped_steps": progress.skipped_steps,
+            "rollbacks": progress.rollbacks,
             "params_in_sync": in_sync,
             "rank_digests": digests,
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        reporter.message(
-            f"gandist: done at {nimg / 1000:.2f} kimg; samples in {run_dir / 'samples'}, checkpoint {final}"
-        )
+        if stopped_early:
+            write_requeue_marker(run_dir, stopper.reason or "stop requested", kimg)
+            reporter.message(f"gandist: stopped early ({stopper.reason}) at {kimg:.2f} kimg; checkpoint {final}")
+        else:
+            reporter.message(f"gandist: done at {kimg:.2f} kimg; samples in {run_dir / 'samples'}, checkpoint {final}")
         if not in_sync:
             reporter.message(f"gandist: WARNING ranks hold different parameters: {digests}")
     trackers.finish()
     reporter.close()
-    return run_dir
+    # leave together: a launcher tears down the remaining ranks as soon as one has exited
+    strategy.barrier()
+    stopper.uninstall()
+    return TrainResult(run_dir, stopped_early, stopper.reason or "")
+
+
+def _roll_back(state: TrainState, run_dir: Path, reporter: Reporter) -> None:
+    """Reload the newest complete checkpoint after persistent non-finite steps, or give up."""
+    faults = state.cfg.faults
+    last = checkpoint.latest_checkpoint(run_dir)
+    progress = state.progress
+    if last is None or progress.rollbacks >= faults.max_rollbacks:
+        raise NonFiniteError(
+            f"{faults.max_bad_steps} consecutive steps with NaN/Inf losses or gradients at step {progress.step}, "
+            f"after {progress.rollbacks} rollback(s)"
+            + ("" if last else " and no checkpoint to roll back to")
+            + ": lower the learning rates, use fp32 (train.precision=fp32), or check the data"
+        )
+    rollbacks, skipped, run_id = progress.rollbacks + 1, progress.skipped_steps, progress.tracker_run_id
+    state.load(last)
+    state.progress.rollbacks, state.progress.skipped_steps = rollbacks, skipped
+    state.progress.tracker_run_id = run_id
+    reporter.message(f"gandist: {faults.max_bad_steps} non-finite steps in a row: rolled back to {last} (#{rollbacks})")
+
+
+class NonFiniteError(RuntimeError):
+    """Training kept producing NaN/Inf after the allowed rollbacks."""

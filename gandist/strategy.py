@@ -140,17 +140,28 @@ class Strategy:
         """Autocast context for forward passes at the run's precision."""
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
 
-    def backward_and_step(self, name: str, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    def backward_and_step(self, name: str, loss: torch.Tensor, guard: bool = False) -> dict[str, torch.Tensor]:
         """Backward the loss into this net's gradients, step its optimizer, clear the gradients.
 
-        Returns device tensors (no host sync): the gradient norm (unscaled) and, under fp16,
-        whether the scaler skipped this step because of inf/NaN gradients.
+        Returns device tensors: the gradient norm (unscaled) and, under fp16, whether the scaler
+        skipped this step because of inf/NaN gradients. With `guard`, a loss or gradient that is
+        not finite on ANY rank makes every rank skip the step ("nonfinite" is then 1); this costs
+        one small all-reduce and one host sync.
         """
         net = self.nets[name]
         net.scaler.scale(loss).backward()
         net.scaler.unscale_(net.optimizer)
         grads = [p.grad for p in net.module.parameters() if p.grad is not None]
         out = {"grad_norm": torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)}
+        if guard:
+            bad = (~torch.isfinite(loss.detach().float()) | ~torch.isfinite(out["grad_norm"])).float().reshape(1)
+            out["nonfinite"] = self.reduce_max(bad)[0]
+            if out["nonfinite"].item() > 0:
+                if net.scaler.is_enabled():  # let the scaler see the overflow and lower its scale
+                    net.scaler.step(net.optimizer)
+                    net.scaler.update()
+                net.optimizer.zero_grad(set_to_none=True)
+                return out
         scale_before = net.scaler._scale.clone() if net.scaler.is_enabled() else None
         net.scaler.step(net.optimizer)
         net.scaler.update()
@@ -164,6 +175,19 @@ class Strategy:
         if self.world_size == 1:
             return tensor
         return self.accelerator.reduce(tensor.clone(), reduction="mean")
+
+    def reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Element-wise max over all ranks (a collective: every rank must call it)."""
+        if self.world_size == 1:
+            return tensor
+        tensor = tensor.clone()
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return tensor
+
+    def all_ok(self, ok: bool) -> bool:
+        """True on every rank iff `ok` is True on every rank (a collective)."""
+        flag = torch.tensor([0.0 if ok else 1.0], device=self.device)
+        return self.reduce_max(flag).item() == 0
 
     def sync_buffers(self, module: nn.Module) -> None:
         """Copy rank 0's buffers (BatchNorm running statistics) to every rank.

@@ -82,7 +82,7 @@ class Reporter:
     def message(self, text: str) -> None:
         """A line of text above the bar."""
         if self.enabled:
-            (self.bar.write if self.bar is not None else print)(text)
+            tqdm.write(text, file=sys.stderr)  # above the bar, with the bar and the warnings
 
     def close(self) -> None:
         if self.bar is not None:

@@ -41,13 +41,14 @@ def run(args: argparse.Namespace) -> int:
         print(to_yaml(cfg), end="")
         return 0
     from gandist.loop import train
+    from gandist.preemption import REQUEUE_EXIT_CODE
 
     try:
-        train(cfg)
+        result = train(cfg)
     except ConfigError as e:
         print(f"gandist: config error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return REQUEUE_EXIT_CODE if result.stopped_early else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from gandist import checkpoint
@@ -10,7 +11,7 @@ def _save(run_dir, step, keep=3, value=0.0):
         shared_state=lambda: {"w": torch.tensor(value)},
         rank_state={"r": step},
         rank=0,
-        barrier=lambda: None,
+        all_ok=lambda ok: ok,
         keep=keep,
     )
 
@@ -36,9 +37,30 @@ def test_keep_last_n(tmp_path):
 
 def test_incomplete_folder_is_refused(tmp_path):
     (tmp_path / "x").mkdir()
-    try:
+    with pytest.raises(checkpoint.CheckpointError, match="not a complete checkpoint"):
         checkpoint.load_checkpoint(tmp_path / "x")
-    except FileNotFoundError as e:
-        assert "not a complete checkpoint" in str(e)
-    else:
-        raise AssertionError("loaded an incomplete checkpoint")
+
+
+def test_a_failing_write_leaves_the_previous_checkpoint_intact(tmp_path):
+    _save(tmp_path, 1, value=1.0)
+
+    class DiskFull:
+        def __reduce__(self):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(
+        checkpoint.CheckpointError, match=r"step-000000002.*No space left.*previous checkpoints are intact"
+    ):
+        checkpoint.save_checkpoint(
+            tmp_path, 2, shared_state=lambda: {"w": DiskFull()}, rank_state={}, rank=0, all_ok=lambda ok: ok
+        )
+    assert [p.name for p in checkpoint.complete_checkpoints(tmp_path)] == ["step-000000001"]
+    assert not list((tmp_path / "checkpoints").glob(".step-*"))
+    assert checkpoint.load_checkpoint(checkpoint.latest_checkpoint(tmp_path))[0]["w"].item() == 1.0
+
+
+def test_a_damaged_checkpoint_is_refused_naming_it(tmp_path):
+    path = _save(tmp_path, 1)
+    (path / "state.pt").write_bytes(b"garbage")
+    with pytest.raises(checkpoint.CheckpointError, match=r"step-000000001 is damaged"):
+        checkpoint.load_checkpoint(path)

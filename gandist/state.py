@@ -1,0 +1,128 @@
+"""What a checkpoint holds, in one place: the nets, their optimizers, counters and random streams.
+
+`TrainState` is saved by every rank together (checkpoint.py writes it atomically) and restored at
+start-up or on a rollback. With the same world size and data settings, a resumed run continues
+bit for bit where the uninterrupted one would have been: weights, optimizer moments, scaler, the
+shared noise generator, each rank's CPU random state and its position in the data stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gandist import checkpoint
+from gandist.config import Config, ConfigError, to_dict
+from gandist.strategy import Strategy
+
+NETS = ("G", "D")
+
+
+@dataclass
+class Progress:
+    """Counters of a run: they survive restarts."""
+
+    nimg: int = 0
+    """Real images shown to D so far, over all ranks."""
+    step: int = 0
+    """D/G iterations so far."""
+    restart: int = 0
+    """How many times this run has been resumed."""
+    skipped_steps: int = 0
+    """Steps skipped by the non-finite guard."""
+    rollbacks: int = 0
+    """Rollbacks to an earlier checkpoint after persistent non-finite steps."""
+    tracker_run_id: str | None = None
+    """The experiment tracker's run id, so a resumed job continues the same dashboard run."""
+
+
+@dataclass
+class TrainState:
+    """The nets and everything else a checkpoint restores."""
+
+    cfg: Config
+    strategy: Strategy
+    G: nn.Module
+    D: nn.Module
+    G_ema: nn.Module
+    noise: torch.Generator
+    progress: Progress = field(default_factory=Progress)
+
+    def shared_state(self) -> dict:
+        """Rank 0's part: identical on every rank (nets after buffer sync, optimizers, counters)."""
+        p = self.progress
+        return {
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "G_ema": self.G_ema.state_dict(),
+            **{f"opt_{n}": self.strategy.optimizer(n).state_dict() for n in NETS},
+            **{f"scaler_{n}": self.strategy.scaler(n).state_dict() for n in NETS},
+            "progress": vars(p).copy(),
+            "nimg": p.nimg,
+            "step": p.step,
+            "noise": self.noise.get_state(),
+            "world_size": self.strategy.world_size,
+            "tracker_run_id": p.tracker_run_id,
+            "config": to_dict(self.cfg),
+        }
+
+    def rank_state(self) -> dict:
+        """Each rank's own part: its random states."""
+        own = {"cpu_rng": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            own["cuda_rng"] = torch.cuda.get_rng_state()
+        return own
+
+    def save(self, run_dir: Path, delay_s: float = 0.0) -> Path:
+        """Write a checkpoint of the current step; every rank must call this."""
+        for module in (self.G, self.D, self.G_ema):
+            self.strategy.sync_buffers(module)
+        return checkpoint.save_checkpoint(
+            run_dir,
+            self.progress.step,
+            shared_state=self.shared_state,
+            rank_state=self.rank_state(),
+            rank=self.strategy.rank,
+            all_ok=self.strategy.all_ok,
+            keep=self.cfg.train.keep_checkpoints,
+            delay_s=delay_s,
+        )
+
+    def load(self, path: Path) -> None:
+        """Restore from a complete checkpoint folder, refusing one made for other nets."""
+        shared, own = checkpoint.load_checkpoint(path, self.strategy.rank)
+        check_compatible(path, shared.get("config", {}), self.cfg)
+        try:
+            self.G.load_state_dict(shared["G"])
+            self.D.load_state_dict(shared["D"])
+            self.G_ema.load_state_dict(shared["G_ema"])
+            for n in NETS:
+                self.strategy.optimizer(n).load_state_dict(shared[f"opt_{n}"])
+                self.strategy.scaler(n).load_state_dict(shared[f"scaler_{n}"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise checkpoint.CheckpointError(f"checkpoint {path} does not fit this run's nets: {e}") from e
+        self.noise.set_state(shared["noise"].to(self.noise.get_state().device))
+        saved = shared.get("progress", {"nimg": shared["nimg"], "step": shared["step"]})
+        self.progress = Progress(**{k: v for k, v in saved.items() if k in Progress.__dataclass_fields__})
+        if own is not None and shared.get("world_size") == self.strategy.world_size:
+            torch.set_rng_state(own["cpu_rng"])
+            if "cuda_rng" in own and torch.cuda.is_available():
+                torch.cuda.set_rng_state(own["cuda_rng"])
+
+
+def check_compatible(path: Path, saved: dict, cfg: Config) -> None:
+    """Raise ConfigError naming each model setting that differs between a checkpoint and the config."""
+    current = to_dict(cfg)
+    diffs = [
+        f"model.{key}: checkpoint {value!r}, config {current['model'].get(key)!r}"
+        for key, value in saved.get("model", {}).items()
+        if current["model"].get(key) != value
+    ]
+    if diffs:
+        raise ConfigError(
+            f"checkpoint {path} was made for other nets ({'; '.join(diffs)}): "
+            "use the same model settings, another run_name, or resume=never"
+        )
