@@ -4,10 +4,13 @@
 folder lives in the session's base temp dir, so every module that asks reuses it), with a
 checkpoint halfway and one at the end. `ToyConditionalG` stands in for a class-conditional G,
 which the model zoo does not have yet: its image is its class id, so labels can be checked.
+`read_dataset` reads a generated dataset back, refusing duplicate keys.
 """
 
 from __future__ import annotations
 
+import json
+import tarfile
 from pathlib import Path
 
 import torch
@@ -65,3 +68,17 @@ def toy_pixel(label: int, num_classes: int = 3) -> int:
     """The uint8 value of every pixel of ToyConditionalG's image for a class."""
     level = (label + 1) / num_classes * 2 - 1
     return int(round((level + 1) * 127.5))
+
+
+def read_dataset(out_dir: Path) -> dict[int, dict[str, bytes]]:
+    """key (as int) -> {ext: bytes} over all shards in the index, refusing duplicate keys."""
+    index = json.loads((out_dir / "index.json").read_text())
+    samples: dict[int, dict[str, bytes]] = {}
+    for name in index["shards"]:
+        with tarfile.open(out_dir / name) as tar:
+            for member in tar:
+                key, ext = member.name.split(".", 1)
+                entry = samples.setdefault(int(key), {})
+                assert ext not in entry, f"duplicate {member.name} in {name}"
+                entry[ext] = tar.extractfile(member).read()
+    return samples

@@ -2,9 +2,7 @@
 
 import itertools
 import json
-import tarfile
 from io import BytesIO
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,21 +10,7 @@ from PIL import Image
 
 from gandist.generate import GenerateSpec, generate, rank_shards, shard_ranges, validate
 from gandist.sampling import SamplingError
-from tests.generator_fixtures import toy_conditional, toy_pixel
-
-
-def read_dataset(out_dir: Path) -> dict[int, dict[str, bytes]]:
-    """key (as int) -> {ext: bytes} over all shards in the index, refusing duplicate keys."""
-    index = json.loads((out_dir / "index.json").read_text())
-    samples: dict[int, dict[str, bytes]] = {}
-    for name in index["shards"]:
-        with tarfile.open(out_dir / name) as tar:
-            for member in tar:
-                key, ext = member.name.split(".", 1)
-                entry = samples.setdefault(int(key), {})
-                assert ext not in entry, f"duplicate {member.name} in {name}"
-                entry[ext] = tar.extractfile(member).read()
-    return samples
+from tests.generator_fixtures import read_dataset, toy_conditional, toy_pixel
 
 
 def test_ranks_get_contiguous_disjoint_shards_covering_every_index():
