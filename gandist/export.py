@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gandist.config import ConfigError, from_dict
+from gandist.config import ConfigError, from_dict, to_dict
 from gandist.sampling import (
     SamplingError,
     TrainedGenerator,
@@ -44,7 +44,7 @@ def describe(tg: TrainedGenerator) -> dict:
     m = tg.cfg.model
     return {
         "format": FORMAT,
-        "model": {k: getattr(m, k) for k in vars(m)},
+        "model": to_dict(tg.cfg)["model"],
         "z_dim": m.z_dim,
         "num_classes": tg.num_classes,
         "input": "z: float32 N x z_dim drawn from N(0, I)"

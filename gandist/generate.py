@@ -18,14 +18,20 @@ reads them directly: `data.shards=gen/NAME-{000000..00000K}.tar` (K from index.j
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
 import os
 import shutil
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from gandist.config import to_dict
 from gandist.sampling import SamplingError, TrainedGenerator, check_class_options, labels_for, render_indices, to_uint8
 from gandist.shards import INDEX_NAME, write_shards
 
@@ -117,15 +123,23 @@ def renumber_keys(src: Path, dst: Path, first_index: int, compress: bool) -> Non
 
     write_shards numbers keys from 0 in each call; the keys here must be global sample indices so
     that shards written by different ranks never share a key. Member bytes, order and headers
-    (mtime, mode) are kept, so the result is what write_shards would write for those keys.
+    (mtime, mode) are kept, so the result is what write_shards would write for those keys; gzip
+    gets mtime 0 so that compressed shards are reproducible too.
     """
     tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
     try:
-        with tarfile.open(src, "r:*") as tar_in, tarfile.open(tmp, "w:gz" if compress else "w") as tar_out:
+        with contextlib.ExitStack() as stack:
+            tar_in = stack.enter_context(tarfile.open(src, "r:*"))
+            raw = stack.enter_context(open(tmp, "wb"))
+            if compress:
+                raw = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0))
+            tar_out = stack.enter_context(tarfile.open(fileobj=raw, mode="w"))
             for member in tar_in:
                 key, dot, ext = member.name.partition(".")
                 if not (dot and key.isdigit()):
-                    raise SamplingError(f"{src}: member {member.name!r} is not KEY.EXT with a numeric key")
+                    raise RuntimeError(
+                        f"{src}: write_shards wrote member {member.name!r}, expected KEY.EXT, KEY a number"
+                    )
                 data = tar_in.extractfile(member)
                 member.name = f"{first_index + int(key):08d}.{ext}"
                 tar_out.addfile(member, data)
@@ -134,17 +148,24 @@ def renumber_keys(src: Path, dst: Path, first_index: int, compress: bool) -> Non
         tmp.unlink(missing_ok=True)
 
 
+def _shard_samples(tg: TrainedGenerator, spec: GenerateSpec, indices: range) -> Iterator[tuple[np.ndarray, int | None]]:
+    """(uint8 image, label) of each index, generated batch by batch (batches counted from the shard's
+    start, so they are the same whichever rank writes the shard)."""
+    for start in range(0, len(indices), spec.batch):
+        part = indices[start : start + spec.batch]
+        images, labels = render_indices(tg, part, spec.seed, spec.truncation, spec.class_id, spec.balanced, spec.batch)
+        pixels = to_uint8(images).permute(0, 2, 3, 1).numpy()
+        if pixels.shape[-1] == 1:
+            pixels = pixels[..., 0]  # write_shards takes H x W for grey images
+        for k in range(len(part)):
+            yield pixels[k], None if labels is None else int(labels[k])
+
+
 def write_shard(tg: TrainedGenerator, spec: GenerateSpec, shard_id: int, indices: range, staging: Path) -> dict:
     """Generate one shard's images and write it in place; returns its entry for the index."""
-    images, labels = render_indices(
-        tg, indices, spec.seed, spec.truncation, spec.class_id, spec.balanced, batch=spec.batch
-    )
-    pixels = to_uint8(images).permute(0, 2, 3, 1).numpy()
-    if pixels.shape[-1] == 1:
-        pixels = pixels[..., 0]  # write_shards takes H x W for grey images
-    samples = ((pixels[k], None if labels is None else int(labels[k])) for k in range(len(indices)))
     if staging.exists():
         shutil.rmtree(staging)
+    samples = _shard_samples(tg, spec, indices)
     staged = write_shards(samples, staging, "staged", shard_size=len(indices), fmt=spec.fmt, compress=spec.compress)
     dst = shard_path(spec, shard_id)
     renumber_keys(staged[0], dst, indices.start, spec.compress)
@@ -174,7 +195,7 @@ def dataset_meta(tg: TrainedGenerator, spec: GenerateSpec) -> dict:
             "checkpoint": str(tg.checkpoint),
             "net": tg.net,
             "nimg": tg.nimg,
-            "model": {k: getattr(m, k) for k in vars(m)},
+            "model": to_dict(tg.cfg)["model"],
             "seed": spec.seed,
             "truncation": spec.truncation,
             "class": spec.class_id,

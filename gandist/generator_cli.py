@@ -26,7 +26,9 @@ SOURCE_HELP = "a run folder (newest complete checkpoint), a checkpoint folder or
 
 def _common(p: argparse.ArgumentParser, seed: bool = True) -> None:
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help=SOURCE_HELP)
-    p.add_argument("--net", choices=("G_ema", "G"), default="G_ema", help="which weights (default: G_ema)")
+    p.add_argument(
+        "--net", choices=("G_ema", "G"), default="G_ema", help="which weights: the averaged G_ema or the raw G"
+    )
     if seed:
         p.add_argument("--seed", type=int, default=0, help="noise seed; sample i depends on (seed, i) only")
         p.add_argument(
@@ -89,6 +91,7 @@ def _interpolate(args: argparse.Namespace) -> int:
         args.class_id,
         args.class_balanced,
         args.frame_ms,
+        args.batch,
     )
     print(f"gandist interpolate: {args.paths} path(s) x {args.steps} steps ({args.mode}) -> {path}")
     return 0
@@ -160,6 +163,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=8, help="points per walk, endpoints included")
     p.add_argument("--mode", choices=("slerp", "lerp"), default="slerp", help="spherical or linear interpolation")
     p.add_argument("--frame-ms", type=int, default=100, help="GIF frame duration in milliseconds")
+    p.add_argument("--batch", type=int, default=64, help="images per forward pass")
     _add_device(p)
     p.set_defaults(func=_guarded("interpolate", _interpolate))
 

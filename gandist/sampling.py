@@ -245,6 +245,8 @@ def render_indices(
     batch: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(images in [-1, 1] on the CPU, labels or None) for sample indices, generated in batches of `batch`."""
+    if batch < 1:
+        raise SamplingError(f"--batch must be >= 1, got {batch}")
     labels = labels_for(indices, tg.num_classes, class_id, balanced)
     chunks = []
     for start in range(0, len(indices), batch):
@@ -252,6 +254,15 @@ def render_indices(
         z = latents(seed, part, tg.z_dim, truncation)
         chunks.append(render(tg.G, z, None if labels is None else labels[start : start + batch]).cpu())
     return torch.cat(chunks), labels
+
+
+def render_batched(G: nn.Module, z: torch.Tensor, labels: torch.Tensor | None = None, batch: int = 64) -> torch.Tensor:
+    """`render` in forward passes of at most `batch` images; the result on the CPU."""
+    parts = [
+        render(G, z[start : start + batch], None if labels is None else labels[start : start + batch]).cpu()
+        for start in range(0, len(z), batch)
+    ]
+    return torch.cat(parts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,6 +355,7 @@ def write_interpolation(
     class_id: int | None = None,
     balanced: bool = False,
     frame_ms: int = 100,
+    batch: int = 64,
 ) -> Path:
     """Latent walks from z(2p) to z(2p+1) of `seed`, p < paths.
 
@@ -351,11 +363,13 @@ def write_interpolation(
     loops smoothly), each frame a grid of the paths.
     """
     out = check_out_path(out, (".png", ".gif"))
+    if frame_ms < 1 or batch < 1:
+        raise SamplingError(f"--frame-ms and --batch must be >= 1, got {frame_ms} and {batch}")
     z = interpolation_latents(seed, paths, steps, tg.z_dim, mode, truncation)
     path_labels = labels_for(range(paths), tg.num_classes, class_id, balanced)
     flat = z.reshape(paths * steps, tg.z_dim)
     labels = None if path_labels is None else path_labels.repeat_interleave(steps)
-    images = render(tg.G, flat, labels).cpu()
+    images = render_batched(tg.G, flat, labels, batch)
     if out.suffix.lower() == ".png":
         return save_grid(images, out, rows=paths)
     per_step = images.reshape(paths, steps, *images.shape[1:]).transpose(0, 1)

@@ -52,6 +52,8 @@ def test_one_class_and_npy(tmp_path):
     assert index["shards"][-1] == "one-000002.tar.gz" and index["label_counts"] == {"0": 0, "1": 5, "2": 0}
     samples = read_dataset(tmp_path)
     assert sorted(samples) == list(range(5)) and {e["cls"] for e in samples.values()} == {b"1"}
+    assert all(np.load(BytesIO(e["npy"])).shape == (32, 32) for e in samples.values())
+    assert (tmp_path / "one-000000.tar.gz").read_bytes()[4:8] == bytes(4)  # gzip mtime 0: reproducible bytes
 
 
 def test_existing_dataset_is_kept_unless_overwrite(tmp_path):
