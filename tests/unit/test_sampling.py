@@ -137,6 +137,16 @@ def test_loads_G_ema_of_the_newest_complete_checkpoint(tmp_path):
     assert not G.training and not any(p.requires_grad for p in G.parameters())
 
 
+def test_only_state_pt_is_needed(tmp_path):
+    # a DeepSpeed checkpoint: state.pt (full G, G_ema, config) plus engine folders, no per-rank files
+    ckpt = _fake_run(tmp_path, 7, 0.1, 0.2)
+    (ckpt / "rank-00000.pt").unlink()
+    (ckpt / "engine_G" / "global_step7").mkdir(parents=True)
+    (ckpt / "engine_G" / "global_step7" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"not read")
+    tg = load_trained(tmp_path)
+    assert tg.checkpoint == ckpt.resolve() and tg.G.main[0].weight.flatten()[0].item() == pytest.approx(0.2)
+
+
 def test_sources_without_a_complete_checkpoint_are_refused(tmp_path):
     with pytest.raises(SamplingError, match="does not exist"):
         find_checkpoint(tmp_path / "nope")
