@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gandist import train
+from gandist import generator_cli, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     train.add_arguments(p_train)
     p_train.set_defaults(func=train.run)
+    generator_cli.add_commands(sub)  # sample, interpolate, generate, export
     args = parser.parse_args(argv)
     return args.func(args)
 

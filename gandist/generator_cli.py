@@ -1,0 +1,191 @@
+"""The commands that use a trained generator: `gandist sample | interpolate | generate | export`.
+
+    gandist sample runs/NAME --out grid.png [--n 64] [--seed S] [--truncation PSI] [--class C]
+    gandist interpolate runs/NAME --out walk.gif [--paths 4] [--steps 8] [--mode slerp]
+    gandist generate runs/NAME --num N --out DIR [--format png|jpg|webp|npy] [--class-balanced]
+    accelerate launch --config_file launch/gpus_1node.yaml -m gandist.cli generate runs/NAME --num N --out DIR
+    gandist export runs/NAME --out g.safetensors        (or g.pt2)
+
+RUN_OR_CHECKPOINT is a run folder (its newest complete checkpoint), a checkpoint folder
+(`runs/NAME/checkpoints/step-*`) or its state.pt; DeepSpeed runs included. G_ema is used unless
+`--net G`. Sample i of a seed is the same image in `sample`, `generate` and on any number of ranks.
+
+This module only parses arguments (it imports no torch): the work is in sampling.py,
+generate.py and export.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+SOURCE_HELP = "a run folder (newest complete checkpoint), a checkpoint folder or its state.pt"
+
+
+def _common(p: argparse.ArgumentParser, seed: bool = True) -> None:
+    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help=SOURCE_HELP)
+    p.add_argument(
+        "--net", choices=("G_ema", "G"), default="G_ema", help="which weights: the averaged G_ema or the raw G"
+    )
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="noise seed; sample i depends on (seed, i) only")
+        p.add_argument(
+            "--truncation",
+            type=float,
+            default=None,
+            metavar="PSI",
+            help="truncation trick: components of z with |z| > PSI are redrawn (not clamped)",
+        )
+        p.add_argument("--class", dest="class_id", type=int, default=None, metavar="C", help="class of every image")
+        p.add_argument(
+            "--class-balanced", action="store_true", help="sample i gets class i mod num_classes (conditional models)"
+        )
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (first GPU, else CPU), cpu, cuda, cuda:1, ...")
+
+
+def _guarded(command: str, work: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn input errors into one clear line on stderr and exit status 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        from gandist.sampling import SamplingError
+
+        try:
+            return work(args)
+        except SamplingError as e:
+            print(f"gandist {command}: error: {e}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from gandist.sampling import check_out_path, load_trained, pick_device, write_sample_grid
+
+    out = check_out_path(args.out, (".png",))
+    tg = load_trained(args.source, args.net, pick_device(args.device))
+    path = write_sample_grid(
+        tg, out, args.n, args.seed, args.truncation, args.class_id, args.class_balanced, batch=args.batch
+    )
+    print(f"gandist sample: {args.n} images of {tg.net} from {tg.checkpoint} -> {path}")
+    return 0
+
+
+def _interpolate(args: argparse.Namespace) -> int:
+    from gandist.sampling import check_out_path, load_trained, pick_device, write_interpolation
+
+    out = check_out_path(args.out, (".png", ".gif"))
+    tg = load_trained(args.source, args.net, pick_device(args.device))
+    path = write_interpolation(
+        tg,
+        out,
+        args.paths,
+        args.steps,
+        args.seed,
+        args.mode,
+        args.truncation,
+        args.class_id,
+        args.class_balanced,
+        args.frame_ms,
+        args.batch,
+    )
+    print(f"gandist interpolate: {args.paths} path(s) x {args.steps} steps ({args.mode}) -> {path}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from gandist.generate import GenerateSpec, generate, validate
+    from gandist.sampling import load_trained
+
+    spec = GenerateSpec(
+        num=args.num,
+        out_dir=Path(args.out),
+        name=args.name,
+        fmt=args.format,
+        shard_size=args.shard_size,
+        batch=args.batch,
+        seed=args.seed,
+        truncation=args.truncation,
+        class_id=args.class_id,
+        balanced=args.class_balanced,
+        compress=args.compress,
+        overwrite=args.overwrite,
+    )
+    if spec.num < 1:  # before reading the checkpoint: the cheapest mistake to report
+        validate(spec, 0)
+    # Every rank checks the request before the process group forms, so a mistake stops all ranks
+    # with the same message instead of leaving some waiting at a barrier.
+    tg = load_trained(args.source, args.net, "cpu")
+    validate(spec, tg.num_classes)
+
+    from gandist.config import StrategyConfig
+    from gandist.strategy import Strategy, make_accelerator
+
+    strategy = Strategy(make_accelerator(StrategyConfig()), "fp32")
+    try:
+        tg.G.to(strategy.device)
+        generate(tg, spec, strategy)
+    finally:
+        strategy.close()
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from gandist.export import EXTENSIONS, export_generator
+    from gandist.sampling import check_out_path
+
+    check_out_path(args.out, EXTENSIONS)
+    paths = export_generator(args.source, args.out, net=args.net)
+    print(f"gandist export: {args.net} -> {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register sample, interpolate, generate and export on the `gandist` command's subparsers."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    p = sub.add_parser("sample", help="a PNG grid of samples from a trained G", formatter_class=fmt)
+    _common(p)
+    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--n", type=int, default=64, help="number of images (samples 0 .. n-1 of the seed)")
+    p.add_argument("--batch", type=int, default=64, help="images per forward pass")
+    _add_device(p)
+    p.set_defaults(func=_guarded("sample", _sample))
+
+    p = sub.add_parser("interpolate", help="latent interpolation (slerp) as a PNG grid or a GIF", formatter_class=fmt)
+    _common(p)
+    p.add_argument("--out", required=True, help="output .png (one row per path) or .gif (one frame per step)")
+    p.add_argument("--paths", type=int, default=4, help="number of walks, from z(2p) to z(2p+1)")
+    p.add_argument("--steps", type=int, default=8, help="points per walk, endpoints included")
+    p.add_argument("--mode", choices=("slerp", "lerp"), default="slerp", help="spherical or linear interpolation")
+    p.add_argument("--frame-ms", type=int, default=100, help="GIF frame duration in milliseconds")
+    p.add_argument("--batch", type=int, default=64, help="images per forward pass")
+    _add_device(p)
+    p.set_defaults(func=_guarded("interpolate", _interpolate))
+
+    p = sub.add_parser(
+        "generate",
+        help="N generated images as WebDataset shards (split across the ranks of a launch)",
+        formatter_class=fmt,
+    )
+    _common(p)
+    p.add_argument("--num", type=int, required=True, help="number of images N (keys 0 .. N-1)")
+    p.add_argument("--out", required=True, help="output folder for the shards and index.json")
+    p.add_argument("--format", choices=("png", "jpg", "webp", "npy"), default="png", help="image encoding")
+    p.add_argument("--name", default="generated", help="shard name prefix: NAME-000000.tar, ...")
+    p.add_argument("--shard-size", type=int, default=2000, help="images per shard")
+    p.add_argument("--batch", type=int, default=256, help="images per forward pass on each rank")
+    p.add_argument("--compress", action="store_true", help="write .tar.gz shards")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier dataset of this name in --out")
+    p.set_defaults(func=_guarded("generate", _generate))
+
+    p = sub.add_parser(
+        "export", help="G's weights as .safetensors (+ .json) or a .pt2 torch.export program", formatter_class=fmt
+    )
+    _common(p, seed=False)
+    p.add_argument("--out", required=True, help="output .safetensors (a .json is written beside it) or .pt2")
+    p.set_defaults(func=_guarded("export", _export))
