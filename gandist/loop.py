@@ -30,7 +30,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 
 from gandist import checkpoint
 from gandist.config import Config, ConfigError, to_dict, to_yaml, validate
-from gandist.data import StreamSpec, expand_shards, make_loader, to_device_float
+from gandist.data import StreamSpec, check_dataset, expand_shards, make_loader, to_device_float
 from gandist.ema import ema_beta, make_ema, update_ema
 from gandist.images import save_grid
 from gandist.losses import get_losses
@@ -173,9 +173,11 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
         if own is not None:
             torch.set_rng_state(own["cpu_rng"])
 
+    urls, data_source = expand_shards(cfg.data.shards), cfg.data.shards or "<embedded>"
+    check_dataset(urls, cfg.model.resolution, data_source)
     loader = make_loader(
         StreamSpec(
-            urls=expand_shards(cfg.data.shards),
+            urls=urls,
             batch_per_gpu=batch_per_gpu,
             resolution=cfg.model.resolution,
             channels=cfg.model.channels,
@@ -184,6 +186,9 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
             restart=restart,
             shuffle_buffer=cfg.data.shuffle_buffer,
             xflip=cfg.data.xflip,
+            world_size=world,
+            max_bad_frac=cfg.data.max_bad_frac,
+            source=data_source,
         ),
         num_workers=cfg.data.num_workers,
         prefetch_factor=cfg.data.prefetch_factor,
@@ -267,7 +272,10 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
                 "sec_per_kimg": round(elapsed / max(shown / 1000, 1e-9), 3),
                 "data_wait_frac": round(wait_time / max(elapsed, 1e-9), 4),
                 **{k: round(v, 5) for k, v in means.items()},
+                **loader.tick_stats(strategy.reduce_mean, world, device),
             }
+            if record["data/bad_samples"]:
+                reporter.message(f"gandist: skipped {record['data/bad_samples']} bad sample(s) this tick")
             if device.type == "cuda":
                 record["gpu_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
             reporter.tick(record)
