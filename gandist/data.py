@@ -213,10 +213,10 @@ def _to_channels(array: np.ndarray, channels: int) -> np.ndarray:
         array = array.transpose(1, 2, 0)  # C x H x W
     if array.shape[2] == 4:
         array = array[:, :, :3]
-    if channels == 1 and array.shape[2] == 3:  # ITU-R 601-2 luma, as PIL's convert("L")
+    if channels == 1 and array.shape[2] == 3:  # ITU-R 601-2 luma in PIL's fixed point: equal to convert("L")
         rgb = array.astype(np.uint32)
-        luma = rgb[:, :, 0] * 299 + rgb[:, :, 1] * 587 + rgb[:, :, 2] * 114
-        return ((luma + 500) // 1000).astype(np.uint8)[:, :, None]
+        luma = rgb[:, :, 0] * 19595 + rgb[:, :, 1] * 38470 + rgb[:, :, 2] * 7471 + 0x8000
+        return (luma >> 16).astype(np.uint8)[:, :, None]
     return array
 
 

@@ -287,8 +287,8 @@ def iter_tar(stream, url: str = "<stream>") -> Iterator[tuple[str, bytes]]:
     long_name = None
     while True:
         header = source.read(512)
-        if not header:
-            return  # end of stream without the end-of-archive blocks: tolerated like tarfile does
+        if not header:  # tarfile tolerates this, but every tar writer ends with the marker: a cut shard
+            raise TruncatedShard(f"{url}: ends without the end-of-archive marker")
         if len(header) < 512:
             raise TruncatedShard(f"{url}: truncated tar header")
         if header.count(0) == 512:
