@@ -206,8 +206,12 @@ class FolderSource(Source):
         if all(len(parts) > 1 for parts in tops):
             self.classes = sorted({parts[0] for parts in tops})
         self._class_of = {name: i for i, name in enumerate(self.classes or [])}
-        first = _load_pil(self.paths[0])
-        self.channels = 1 if first.ndim == 2 else 3
+        for path in self.paths[:10]:  # the first readable image tells grey from colour
+            try:
+                self.channels = 1 if _load_pil(path).ndim == 2 else 3
+                break
+            except Exception:  # noqa: BLE001 - unreadable files are skipped (and reported) while encoding
+                continue
 
     def items(self) -> list:
         return [str(p) for p in self.paths]
@@ -435,7 +439,7 @@ def prepare(
                     if problem is not None:
                         skipped.append(problem)
                         if len(skipped) <= 3:
-                            bar.write(f"gandist prepare: skipped {problem}")
+                            bar.write(f"gandist prepare: skipped {problem}", file=sys.stderr)
                         continue
                     files = {options.fmt: data}
                     if label is not None:
