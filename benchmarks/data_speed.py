@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""Images per second of one loader worker, per storage format, against a plain PIL decode loop.
+
+    python benchmarks/data_speed.py                          # 32 px grey, 32 and 64 px RGB; all formats
+    python benchmarks/data_speed.py --res 64 --formats png,npy --images 8000 --repeats 5 --json out.json
+
+For each image size and format, the same Fashion-MNIST images (grey; RGB = the grey image in all
+three channels; synthetic patterns if Debian's dataset-fashion-mnist is missing) are written as
+shards once, then measured in this one process, interleaved and repeated (median of --repeats) so
+that machine noise hits all alike:
+
+  plain      a loop decoding the same encoded images from memory: PIL open + convert + np.asarray
+             (np.load for npy); no tar, no shuffle, no batching
+  loader     what one DataLoader worker of gandist does: ShardStream over the shards (endless,
+             resampled, page-cached), shuffle buffer 1000, decode, size check, random flip, batch
+  wds        webdataset's own pipeline for reference: WebDataset(...).shuffle(1000).decode(...)
+             .to_tuple(...).batched(batch)
+  transfer   (once per size) batches/s the training process receives from one DataLoader worker
+             that only hands over ready batches: the cost of the worker -> trainer hop
+
+Then: loader workers needed to feed each GPU speed of shared/DESIGN.md, and for the 70,000 images/s
+per node goal. Prints one JSON line per measurement and markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gandist.data import ShardStream, StreamSpec, iter_shard  # noqa: E402
+from gandist.prepare import FASHION_MNIST_DIR  # noqa: E402
+from gandist.shards import read_idx, resize, write_shards  # noqa: E402
+
+# images/s of the DCGAN on one H100 (shared/DESIGN.md, plain_gan.py): what one GPU's loader must deliver
+GPU_SPEEDS = {
+    64: {
+        "fp32 b256": 27_022,
+        "fp32 b1024": 30_571,
+        "bf16 b1024": 36_746,
+        "bf16+channels_last b1024": 69_208,
+        "bf16+compile b1024": 54_725,
+        "ZeRO-2 bf16 b1024": 29_515,
+    },
+    32: {"bf16+channels_last b512": 60_166},
+}
+NODE_GOAL = 70_000
+NODE_CORES = 16
+
+
+def source_images(count: int) -> tuple[np.ndarray, str]:
+    """count grey 28 x 28 images: Fashion-MNIST if installed, else smooth synthetic patterns."""
+    path = FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz"
+    if path.is_file():
+        return read_idx(path)[:count], "Fashion-MNIST train images"
+    yy, xx = np.mgrid[0:28, 0:28]
+    images = [((np.sin(xx / (2 + i % 5)) + np.cos(yy / (3 + i % 7))) * 60 + 128).astype(np.uint8) for i in range(count)]
+    return np.stack(images), "synthetic patterns (dataset-fashion-mnist not installed)"
+
+
+def make_shards(folder: Path, images: np.ndarray, res: int, channels: int, fmt: str) -> list[str]:
+    """Write the images at res px with channels as 4 shards; returns their paths."""
+    resized = [resize(image, res) for image in images]
+    if channels == 3:
+        resized = [np.repeat(image[:, :, None], 3, axis=2) for image in resized]
+    samples = ((image, i % 10) for i, image in enumerate(resized))
+    paths = write_shards(samples, folder, "bench", shard_size=math.ceil(len(images) / 4), fmt=fmt)
+    return [str(p) for p in paths]
+
+
+def time_plain(blobs: list[bytes], fmt: str, mode: str) -> float:
+    """images/s of a plain decode loop over encoded images in memory."""
+    start = time.perf_counter()
+    for blob in blobs:
+        if fmt == "npy":
+            np.load(io.BytesIO(blob))
+        else:
+            with Image.open(io.BytesIO(blob)) as image:
+                np.asarray(image.convert(mode))
+    return len(blobs) / (time.perf_counter() - start)
+
+
+def time_loader(urls: list[str], res: int, channels: int, batch: int, count: int) -> float:
+    """images/s of one gandist loader worker (ShardStream in this process)."""
+    spec = StreamSpec(urls, batch, res, channels, seed=0, rank=0, shuffle_buffer=1000, xflip=True)
+    stream = iter(ShardStream(spec))
+    next(stream)  # fill the shuffle buffer outside the clock
+    batches = max(1, count // batch)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(stream)
+    return batches * batch / (time.perf_counter() - start)
+
+
+def time_wds(urls: list[str], fmt: str, channels: int, batch: int, count: int) -> float:
+    """images/s of webdataset's standard pipeline (one process)."""
+    import webdataset as wds
+
+    dataset = (
+        wds.WebDataset(urls, resampled=True, shardshuffle=False, nodesplitter=wds.single_node_only)
+        .shuffle(1000)
+        .decode("l8" if channels == 1 else "rgb8")
+        .to_tuple(fmt, "cls")
+        .batched(batch)
+    )
+    stream = iter(dataset)
+    next(stream)
+    batches = max(1, count // batch)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(stream)
+    return batches * batch / (time.perf_counter() - start)
+
+
+class _ReadyBatches(torch.utils.data.IterableDataset):
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.shape = shape
+
+    def __iter__(self):
+        images = torch.randint(0, 255, self.shape, dtype=torch.uint8)
+        labels = torch.zeros(self.shape[0], dtype=torch.int64)
+        while True:
+            yield images.clone(), labels.clone(), 0, self.shape[0]  # a fresh batch, as ShardStream yields
+
+
+def time_transfer(res: int, channels: int, batch: int, batches: int = 200) -> float:
+    """images/s the training process receives from one worker that has batches ready."""
+    loader = torch.utils.data.DataLoader(
+        _ReadyBatches((batch, res, res, channels)), batch_size=None, num_workers=1, prefetch_factor=4
+    )
+    it = iter(loader)
+    for _ in range(10):
+        next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    elapsed = time.perf_counter() - start
+    del it
+    return batches * batch / elapsed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=4000, help="images per shard set (and per measurement)")
+    p.add_argument("--batch", type=int, default=256, help="batch per GPU")
+    p.add_argument("--repeats", type=int, default=3, help="median over this many interleaved rounds")
+    p.add_argument("--formats", default="png,jpg,webp,npy")
+    p.add_argument("--sizes", default="32x1,32x3,64x3", help="resolution x channels, comma-separated")
+    p.add_argument("--no-wds", action="store_true", help="skip the webdataset reference pipeline")
+    p.add_argument("--json", default=None, help="also write all results to this JSON file")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    images, origin = source_images(a.images)
+    formats = a.formats.split(",")
+    sizes = [tuple(int(v) for v in s.split("x")) for s in a.sizes.split(",")]
+    print(f"# {origin}, {a.images} images, batch {a.batch}, median of {a.repeats}; load {os.getloadavg()[0]:.2f}")
+    print(f"# {os.cpu_count()} CPU(s) here; every number is ONE process on one core", flush=True)
+
+    results: dict[tuple, dict[str, list[float]]] = {}
+    meta: dict[tuple, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for res, channels in sizes:
+            for fmt in formats:
+                urls = make_shards(Path(tmp) / f"{res}x{channels}-{fmt}", images, res, channels, fmt)
+                blobs = [s[fmt] for url in urls for s in iter_shard(url)]
+                meta[(res, channels, fmt)] = {"urls": urls, "blobs": blobs, "bytes": sum(map(len, blobs)) / len(blobs)}
+        for _ in range(a.repeats):
+            for (res, channels, fmt), m in meta.items():
+                r = results.setdefault((res, channels, fmt), {})
+                mode = "L" if channels == 1 else "RGB"
+                r.setdefault("plain", []).append(time_plain(m["blobs"], fmt, mode))
+                r.setdefault("loader", []).append(time_loader(m["urls"], res, channels, a.batch, a.images))
+                if not a.no_wds:
+                    r.setdefault("wds", []).append(time_wds(m["urls"], fmt, channels, a.batch, a.images))
+            for res, channels in sizes:
+                r = results.setdefault((res, channels, "transfer"), {})
+                r.setdefault("transfer", []).append(time_transfer(res, channels, a.batch))
+
+    rows = []
+    for (res, channels, fmt), r in results.items():
+        row = {
+            "res": res,
+            "channels": channels,
+            "format": fmt,
+            **{k: round(statistics.median(v)) for k, v in r.items()},
+        }
+        if fmt != "transfer":
+            row["bytes_per_image"] = round(meta[(res, channels, fmt)]["bytes"])
+            row["loader_vs_plain"] = round(row["loader"] / row["plain"], 2)
+        rows.append(row)
+        print(json.dumps(row))
+
+    print("\n| size | format | bytes/img | plain PIL img/s | gandist worker img/s | ratio | webdataset img/s |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        if row["format"] != "transfer":
+            size, wds = f"{row['res']} px x{row['channels']}", f"{row['wds']:,}" if "wds" in row else "-"
+            print(
+                f"| {size} | {row['format']} | {row['bytes_per_image']} | {row['plain']:,} | "
+                f"{row['loader']:,} | {row['loader_vs_plain']} | {wds} |"
+            )
+    print("\n| size | trainer receives from one worker (img/s) |")
+    print("|---|---|")
+    for row in rows:
+        if row["format"] == "transfer":
+            print(f"| {row['res']} px x{row['channels']} | {row['transfer']:,} |")
+
+    print("\nLoader workers needed (ceil(GPU img/s / one worker's img/s)), RGB:")
+    for res, speeds in GPU_SPEEDS.items():
+        measured = [row for row in rows if row["res"] == res and row["channels"] == 3 and row["format"] != "transfer"]
+        if not measured:
+            continue
+        print(f"\n| {res} px GPU setting (img/s) | " + " | ".join(row["format"] for row in measured) + " |")
+        print("|---|" + "---|" * len(measured))
+        for name, speed in {**speeds, f"node goal {NODE_GOAL:,}": NODE_GOAL}.items():
+            needed = [math.ceil(speed / row["loader"]) for row in measured]
+            label = name if name.startswith("node") else f"{name} ({speed:,})"
+            print(f"| {label} | " + " | ".join(str(n) for n in needed) + " |")
+    print(f"\n(a {NODE_CORES}-core node keeps a core or two for the training process and its pin-memory thread)")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
