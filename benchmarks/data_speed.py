@@ -11,12 +11,13 @@ that machine noise hits all alike:
 
   plain      a loop decoding the same encoded images from memory: PIL open + convert + np.asarray
              (np.load for npy); no tar, no shuffle, no batching
-  loader     what one DataLoader worker of gandist does: ShardStream over the shards (endless,
+  worker     what one DataLoader worker of gandist does: ShardStream over the shards (endless,
              resampled, page-cached), shuffle buffer 1000, decode, size check, random flip, batch
   wds        webdataset's own pipeline for reference: WebDataset(...).shuffle(1000).decode(...)
              .to_tuple(...).batched(batch)
-  transfer   (once per size) batches/s the training process receives from one DataLoader worker
-             that only hands over ready batches: the cost of the worker -> trainer hop
+  dataloader the loader as training uses it: a DataLoader with one worker (adds the hand-over of
+             each batch to the training process); and the training process's own CPU time per batch,
+             which bounds what any number of workers can deliver to one GPU process
 
 Then: loader workers needed to feed each GPU speed of shared/DESIGN.md, and for the 70,000 images/s
 per node goal. Prints one JSON line per measurement and markdown tables.
@@ -96,7 +97,7 @@ def time_plain(blobs: list[bytes], fmt: str, mode: str) -> float:
     return len(blobs) / (time.perf_counter() - start)
 
 
-def time_loader(urls: list[str], res: int, channels: int, batch: int, count: int) -> float:
+def time_worker(urls: list[str], res: int, channels: int, batch: int, count: int) -> float:
     """images/s of one gandist loader worker (ShardStream in this process)."""
     spec = StreamSpec(urls, batch, res, channels, seed=0, rank=0, shuffle_buffer=1000, xflip=True)
     stream = iter(ShardStream(spec))
@@ -128,32 +129,25 @@ def time_wds(urls: list[str], fmt: str, channels: int, batch: int, count: int) -
     return batches * batch / (time.perf_counter() - start)
 
 
-class _ReadyBatches(torch.utils.data.IterableDataset):
-    def __init__(self, shape: tuple[int, ...]):
-        super().__init__()
-        self.shape = shape
+def time_dataloader(urls: list[str], res: int, channels: int, batch: int, count: int) -> tuple[float, float]:
+    """(images/s, trainer CPU s per batch) through a DataLoader with one worker, as in training.
 
-    def __iter__(self):
-        images = torch.randint(0, 255, self.shape, dtype=torch.uint8)
-        labels = torch.zeros(self.shape[0], dtype=torch.int64)
-        while True:
-            yield images.clone(), labels.clone(), 0, self.shape[0]  # a fresh batch, as ShardStream yields
-
-
-def time_transfer(res: int, channels: int, batch: int, batches: int = 200) -> float:
-    """images/s the training process receives from one worker that has batches ready."""
+    The trainer's CPU time (this process only, not the worker's) is the serial cost of receiving
+    batches from the workers: it bounds what any number of workers can deliver to one GPU process.
+    """
+    spec = StreamSpec(urls, batch, res, channels, seed=0, rank=0, shuffle_buffer=1000, xflip=True)
     loader = torch.utils.data.DataLoader(
-        _ReadyBatches((batch, res, res, channels)), batch_size=None, num_workers=1, prefetch_factor=4
+        ShardStream(spec), batch_size=None, num_workers=1, prefetch_factor=4, persistent_workers=True
     )
-    it = iter(loader)
-    for _ in range(10):
-        next(it)
-    start = time.perf_counter()
+    stream = iter(loader)
+    next(stream)
+    batches = max(1, count // batch)
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
-        next(it)
-    elapsed = time.perf_counter() - start
-    del it
-    return batches * batch / elapsed
+        next(stream)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    del stream, loader
+    return batches * batch / elapsed, cpu / batches
 
 
 def main() -> None:
@@ -186,12 +180,12 @@ def main() -> None:
                 r = results.setdefault((res, channels, fmt), {})
                 mode = "L" if channels == 1 else "RGB"
                 r.setdefault("plain", []).append(time_plain(m["blobs"], fmt, mode))
-                r.setdefault("loader", []).append(time_loader(m["urls"], res, channels, a.batch, a.images))
+                r.setdefault("worker", []).append(time_worker(m["urls"], res, channels, a.batch, a.images))
+                rate, cpu = time_dataloader(m["urls"], res, channels, a.batch, a.images)
+                r.setdefault("dataloader", []).append(rate)
+                r.setdefault("trainer_us_per_batch", []).append(cpu * 1e6)
                 if not a.no_wds:
                     r.setdefault("wds", []).append(time_wds(m["urls"], fmt, channels, a.batch, a.images))
-            for res, channels in sizes:
-                r = results.setdefault((res, channels, "transfer"), {})
-                r.setdefault("transfer", []).append(time_transfer(res, channels, a.batch))
 
     rows = []
     for (res, channels, fmt), r in results.items():
@@ -201,36 +195,34 @@ def main() -> None:
             "format": fmt,
             **{k: round(statistics.median(v)) for k, v in r.items()},
         }
-        if fmt != "transfer":
-            row["bytes_per_image"] = round(meta[(res, channels, fmt)]["bytes"])
-            row["loader_vs_plain"] = round(row["loader"] / row["plain"], 2)
+        row["bytes_per_image"] = round(meta[(res, channels, fmt)]["bytes"])
+        row["worker_vs_plain"] = round(row["worker"] / row["plain"], 2)
+        row["trainer_limit"] = round(a.batch / (row["trainer_us_per_batch"] / 1e6))
         rows.append(row)
         print(json.dumps(row))
 
-    print("\n| size | format | bytes/img | plain PIL img/s | gandist worker img/s | ratio | webdataset img/s |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "\n| size | format | bytes/img | plain PIL img/s | gandist worker img/s | ratio | DataLoader, 1 worker "
+        "| trainer CPU us/batch (limit img/s) | webdataset img/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        if row["format"] != "transfer":
-            size, wds = f"{row['res']} px x{row['channels']}", f"{row['wds']:,}" if "wds" in row else "-"
-            print(
-                f"| {size} | {row['format']} | {row['bytes_per_image']} | {row['plain']:,} | "
-                f"{row['loader']:,} | {row['loader_vs_plain']} | {wds} |"
-            )
-    print("\n| size | trainer receives from one worker (img/s) |")
-    print("|---|---|")
-    for row in rows:
-        if row["format"] == "transfer":
-            print(f"| {row['res']} px x{row['channels']} | {row['transfer']:,} |")
+        size, wds = f"{row['res']} px x{row['channels']}", f"{row['wds']:,}" if "wds" in row else "-"
+        print(
+            f"| {size} | {row['format']} | {row['bytes_per_image']:,} | {row['plain']:,} | {row['worker']:,} | "
+            f"{row['worker_vs_plain']} | {row['dataloader']:,} | {row['trainer_us_per_batch']:,} "
+            f"({row['trainer_limit']:,}) | {wds} |"
+        )
 
-    print("\nLoader workers needed (ceil(GPU img/s / one worker's img/s)), RGB:")
+    print("\nLoader workers per GPU process = ceil(GPU img/s / img/s of one DataLoader worker), RGB:")
     for res, speeds in GPU_SPEEDS.items():
-        measured = [row for row in rows if row["res"] == res and row["channels"] == 3 and row["format"] != "transfer"]
+        measured = [row for row in rows if row["res"] == res and row["channels"] == 3]
         if not measured:
             continue
         print(f"\n| {res} px GPU setting (img/s) | " + " | ".join(row["format"] for row in measured) + " |")
         print("|---|" + "---|" * len(measured))
         for name, speed in {**speeds, f"node goal {NODE_GOAL:,}": NODE_GOAL}.items():
-            needed = [math.ceil(speed / row["loader"]) for row in measured]
+            needed = [math.ceil(speed / row["dataloader"]) for row in measured]
             label = name if name.startswith("node") else f"{name} ({speed:,})"
             print(f"| {label} | " + " | ".join(str(n) for n in needed) + " |")
     print(f"\n(a {NODE_CORES}-core node keeps a core or two for the training process and its pin-memory thread)")

@@ -367,8 +367,16 @@ class ShardStream(torch.utils.data.IterableDataset):
         samples = self._samples(self._shards(rng, worker, num_workers), health)
         buffer: list[dict] = []
         res, batch_size = spec.resolution, spec.batch_per_gpu
-        images = torch.empty((batch_size, res, res, spec.channels), dtype=torch.uint8)
-        labels = torch.empty(batch_size, dtype=torch.int64)
+        in_worker = info is not None
+
+        def new_batch() -> tuple[torch.Tensor, torch.Tensor]:
+            images = torch.empty((batch_size, res, res, spec.channels), dtype=torch.uint8)
+            labels = torch.empty(batch_size, dtype=torch.int64)
+            if in_worker:  # filled in shared memory: handing the batch to the trainer copies nothing
+                images.share_memory_(), labels.share_memory_()
+            return images, labels
+
+        images, labels = new_batch()
         pixels, classes = images.numpy(), labels.numpy()  # the same memory: numpy indexing is cheaper per image
         n, reported_bad, reported_read = 0, 0, 0
 
@@ -410,7 +418,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             n += 1
             if n == batch_size:
                 yield emit(n)
-                images, labels = torch.empty_like(images), torch.empty_like(labels)  # the old ones left with the batch
+                images, labels = new_batch()  # the old ones left with the batch
                 pixels, classes = images.numpy(), labels.numpy()
                 n = 0
         health.check(final=True)
