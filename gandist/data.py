@@ -144,6 +144,9 @@ def iter_shard(url: str) -> Iterator[dict]:
     stream = open_shard(url)
     try:
         yield from group_samples(iter_tar(stream, url), url)
+    except TruncatedShard:
+        stream.close()  # a pipe: command that failed explains the cut better: its exit status is raised here
+        raise
     except BaseException:
         try:
             stream.close()
@@ -168,8 +171,10 @@ def check_dataset(urls: list[str], resolution: int, source: str) -> None:
             for sample in iter_shard(urls[0]):
                 size = decode_array(sample, 1).shape[0]
                 break
-        except (BadSample, OSError):
-            return  # the loader skips and counts what cannot be read
+        except (BadSample, TruncatedShard):
+            return  # a damaged first sample or shard: the loader skips and counts it
+        except OSError as e:  # cannot even be opened (a remote shard, a failing pipe: command)
+            raise DataError(f"data.shards={source!r}: cannot read {urls[0]}: {str(e)[:300]}") from None
     if size is not None and int(size) != resolution:
         raise DataError(
             f"data.shards={source!r}: {where} holds {size}x{size} px images but model.resolution={resolution}: "

@@ -147,6 +147,24 @@ def test_wrong_resolution_is_a_clear_error_with_and_without_index(tiny_shards, t
         check_dataset(urls, 64, tiny_shards)
 
 
+def test_unreadable_remote_first_shard_fails_fast():
+    with pytest.raises(DataError, match=r"data.shards='pipe:exit 3': cannot read pipe:exit 3"):
+        check_dataset(["pipe:exit 3"], 32, "pipe:exit 3")
+
+
+def test_train_refuses_shards_of_another_resolution(tiny_shards, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    args = [sys.executable, "-m", "gandist.train", "--config", "configs/tiny.yaml", f"output_dir={tmp_path}"]
+    proc = subprocess.run(
+        [*args, f"data.shards={tiny_shards}", "model.resolution=64"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 2 and "holds 32x32 px images but model.resolution=64" in proc.stderr
+
+
 def _bad_shard(folder):
     """One shard: 6 good samples and one of each kind of bad one."""
     good = lambda i: encode_image(np.full((32, 32), i, np.uint8), "png")
