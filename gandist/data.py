@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import braceexpand
 import numpy as np
@@ -132,7 +133,7 @@ def read_index(urls: list[str]) -> tuple[dict, Path] | None:
     return index, index_path
 
 
-def open_shard(url: str):
+def open_shard(url: str) -> BinaryIO:
     """Open a shard for reading: local paths directly, other URLs through webdataset's gopen."""
     if _is_local(url):
         return open(_local_path(url), "rb", buffering=0)  # iter_tar reads in large chunks itself
@@ -446,7 +447,9 @@ class ShardLoader:
             if len(images):
                 yield images, labels
 
-    def tick_stats(self, reduce_mean: Callable[[torch.Tensor], torch.Tensor], world_size: int, device) -> dict:
+    def tick_stats(
+        self, reduce_mean: Callable[[torch.Tensor], torch.Tensor], world_size: int, device: torch.device
+    ) -> dict:
         """Bad samples of this tick and of the run, summed over ranks (a collective: all ranks call it)."""
         local = torch.tensor([self.bad, self.read], dtype=torch.float64, device=device)
         bad, read = (reduce_mean(local) * world_size).round().long().tolist()

@@ -28,7 +28,7 @@ import os
 import random
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +82,8 @@ class Source:
     description = ""
     shuffle = True  # sources that can be listed up front are shuffled
 
-    def items(self) -> list:
+    def items(self) -> Iterable:
+        """Cheap, picklable references to every image, in the source's order."""
         raise NotImplementedError
 
     def load(self, item) -> tuple[np.ndarray, int | None]:
@@ -339,7 +340,7 @@ def _init_worker(source: Source, options: EncodeOptions) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
-def encode_item(source: Source, options: EncodeOptions, item) -> tuple[bytes | None, int | None, str | None]:
+def encode_item(source: Source, options: EncodeOptions, item: object) -> tuple[bytes | None, int | None, str | None]:
     """(encoded image, label, None) or (None, None, why it was skipped) for one source item."""
     try:
         image, label = source.load(item)
