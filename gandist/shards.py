@@ -291,18 +291,20 @@ def iter_tar(stream, url: str = "<stream>") -> Iterator[tuple[str, bytes]]:
             raise TruncatedShard(f"{url}: ends without the end-of-archive marker")
         if len(header) < 512:
             raise TruncatedShard(f"{url}: truncated tar header")
-        if header.count(0) == 512:
+        if header[0] == 0 and header.count(0) == 512:
             return  # end-of-archive marker
-        stored = _octal(header[148:156], url)
+        try:  # octal digits padded with NULs or spaces (the usual case, inlined: this runs per member)
+            stored, size = int(header[148:156].strip(b" \0"), 8), int(header[124:136].strip(b" \0"), 8)
+        except ValueError:  # base-256 sizes, empty or corrupt fields
+            stored, size = _octal(header[148:156], url), _octal(header[124:136], url)
         if stored != sum(header) - sum(header[148:156]) + 256:  # the checksum field counts as 8 spaces
             raise TruncatedShard(f"{url}: corrupt tar header (checksum mismatch)")
-        size = _octal(header[124:136], url)
-        data = source.read(size)
-        if len(data) < size:
-            raise TruncatedShard(f"{url}: truncated tar member ({len(data)} of {size} bytes)")
-        pad = -size % 512
-        if pad and len(source.read(pad)) < pad:
-            raise TruncatedShard(f"{url}: truncated tar padding")
+        padded = size + (-size % 512)
+        data = source.read(padded)  # member and padding in one read: calls cost more than the copy
+        if len(data) < padded:
+            raise TruncatedShard(f"{url}: truncated tar member ({len(data)} of {padded} bytes)")
+        if padded != size:
+            data = data[:size]
         kind = header[156:157]
         if kind == b"L":  # GNU long name: applies to the next member
             long_name = data.split(b"\0", 1)[0].decode("utf-8", "replace")

@@ -21,7 +21,7 @@ from gandist.data import (
     make_loader,
     to_device_float,
 )
-from gandist.shards import ShardWriter, encode_image, iter_tar, read_idx, write_shards
+from gandist.shards import ShardWriter, TruncatedShard, encode_image, iter_tar, read_idx, write_shards
 
 
 def _spec(urls, **kw):
@@ -294,6 +294,10 @@ def test_tar_reader_matches_tarfile_including_long_names(tmp_path):
     with tarfile.open(path) as tar:
         theirs = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
     assert ours == theirs
+    data = bytearray(path.read_bytes())
+    data[512 + 1024 + 3] ^= 0xFF  # a bit flip in the second member's header (the first holds 700 bytes)
+    with pytest.raises(TruncatedShard, match="checksum mismatch"):
+        list(iter_tar(io.BytesIO(bytes(data)), "flipped"))
 
 
 def test_idx_reader(tmp_path):
