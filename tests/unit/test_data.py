@@ -152,6 +152,7 @@ def test_unreadable_remote_first_shard_fails_fast():
         check_dataset(["pipe:exit 3"], 32, "pipe:exit 3")
 
 
+@pytest.mark.slow
 def test_train_refuses_shards_of_another_resolution(tiny_shards, tmp_path):
     import subprocess
     import sys

@@ -185,6 +185,7 @@ def test_unreadable_source_images_are_skipped_and_reported(tmp_path, image_folde
     assert json.loads((tmp_path / "o" / "index.json").read_text())["num_samples"] == 6
 
 
+@pytest.mark.slow
 def test_gandist_prepare_command_line(tmp_path, tiny_shards):
     proc = subprocess.run(
         [str(BIN / "gandist"), "prepare", tiny_shards, str(tmp_path / "o"), "--format", "jpg", "--compress"],
