@@ -438,7 +438,7 @@ class ShardLoader:
     def __init__(self, dataloader: torch.utils.data.DataLoader):
         self.dataloader = dataloader
         self.bad = self.read = 0  # this tick, this rank
-        self.bad_total = 0  # whole run, all ranks (as of the last tick)
+        self.bad_total = 0  # this job (since the start or resume), all ranks, as of the last tick
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels, bad, read in self.dataloader:
