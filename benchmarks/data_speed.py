@@ -19,8 +19,11 @@ that machine noise hits all alike:
              each batch to the training process); and the training process's own CPU time per batch,
              which bounds what any number of workers can deliver to one GPU process
 
-Then: loader workers needed to feed each GPU speed of shared/DESIGN.md, and for the 70,000 images/s
-per node goal. Prints one JSON line per measurement and markdown tables.
+Rates are images per CPU-second of the one process doing the work (the DataLoader worker's CPU
+time is read from /proc), so that other jobs on a shared machine do not distort them; wall-clock
+rates are in the JSON lines too (`*_wall`). Then: loader workers needed to feed each GPU speed of
+shared/DESIGN.md, and for the 70,000 images/s per node goal. Prints one JSON line per measurement
+and markdown tables.
 """
 
 from __future__ import annotations
@@ -85,32 +88,62 @@ def make_shards(folder: Path, images: np.ndarray, res: int, channels: int, fmt: 
     return [str(p) for p in paths]
 
 
-def time_plain(blobs: list[bytes], fmt: str, mode: str) -> float:
-    """images/s of a plain decode loop over encoded images in memory."""
-    start = time.perf_counter()
+class Clock:
+    """Wall time and CPU time of this process (and of other processes by pid) over a window.
+
+    CPU time is what the benchmark reports first: on a shared machine other jobs stretch wall time,
+    while images per CPU-second of one core is what decides how many workers a GPU needs.
+    """
+
+    def __init__(self, pids: tuple[int, ...] = ()):
+        self.pids = pids
+        self.wall, self.cpu, self.child = time.perf_counter(), time.process_time(), self._child_cpu()
+
+    def _child_cpu(self) -> float:
+        total = 0.0
+        for pid in self.pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        return total
+
+    def rates(self, images: int) -> dict[str, float]:
+        """images per wall second, per CPU second of this process, per CPU second of the other pids."""
+        wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        out = {"wall": images / wall, "cpu": images / max(cpu, 1e-9), "cpu_s": cpu}
+        if self.pids:
+            out["child"] = images / max(self._child_cpu() - self.child, 1e-9)
+        return out
+
+
+def time_plain(blobs: list[bytes], fmt: str, mode: str) -> dict[str, float]:
+    """A plain decode loop over encoded images in memory."""
+    clock = Clock()
     for blob in blobs:
         if fmt == "npy":
             np.load(io.BytesIO(blob))
         else:
             with Image.open(io.BytesIO(blob)) as image:
                 np.asarray(image.convert(mode))
-    return len(blobs) / (time.perf_counter() - start)
+    return clock.rates(len(blobs))
 
 
-def time_worker(urls: list[str], res: int, channels: int, batch: int, count: int) -> float:
-    """images/s of one gandist loader worker (ShardStream in this process)."""
-    spec = StreamSpec(urls, batch, res, channels, seed=0, rank=0, shuffle_buffer=1000, xflip=True)
-    stream = iter(ShardStream(spec))
-    next(stream)  # fill the shuffle buffer outside the clock
-    batches = max(1, count // batch)
-    start = time.perf_counter()
+def _take(stream, batches: int, batch: int, pids: tuple[int, ...] = ()) -> dict[str, float]:
+    for _ in range(5):  # fill the shuffle buffer and the prefetch queue outside the clock
+        next(stream)
+    clock = Clock(pids)
     for _ in range(batches):
         next(stream)
-    return batches * batch / (time.perf_counter() - start)
+    return clock.rates(batches * batch)
 
 
-def time_wds(urls: list[str], fmt: str, channels: int, batch: int, count: int) -> float:
-    """images/s of webdataset's standard pipeline (one process)."""
+def time_worker(urls: list[str], res: int, channels: int, batch: int, count: int) -> dict[str, float]:
+    """What one gandist loader worker does (ShardStream in this process)."""
+    spec = StreamSpec(urls, batch, res, channels, seed=0, rank=0, shuffle_buffer=1000, xflip=True)
+    return _take(iter(ShardStream(spec)), max(1, count // batch), batch)
+
+
+def time_wds(urls: list[str], fmt: str, channels: int, batch: int, count: int) -> dict[str, float]:
+    """webdataset's standard pipeline (one process)."""
     import webdataset as wds
 
     dataset = (
@@ -120,34 +153,25 @@ def time_wds(urls: list[str], fmt: str, channels: int, batch: int, count: int) -
         .to_tuple(fmt, "cls")
         .batched(batch)
     )
-    stream = iter(dataset)
-    next(stream)
-    batches = max(1, count // batch)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(stream)
-    return batches * batch / (time.perf_counter() - start)
+    return _take(iter(dataset), max(1, count // batch), batch)
 
 
-def time_dataloader(urls: list[str], res: int, channels: int, batch: int, count: int) -> tuple[float, float]:
-    """(images/s, trainer CPU s per batch) through a DataLoader with one worker, as in training.
-
-    The trainer's CPU time (this process only, not the worker's) is the serial cost of receiving
-    batches from the workers: it bounds what any number of workers can deliver to one GPU process.
-    """
+def time_dataloader(urls: list[str], res: int, channels: int, batch: int, count: int) -> dict[str, float]:
+    """A DataLoader with one worker, as in training: the worker's images per CPU-second (child) and
+    the trainer's CPU time per batch (cpu_s / batches), the serial cost of receiving batches that
+    bounds what any number of workers can deliver to one GPU process."""
     spec = StreamSpec(urls, batch, res, channels, seed=0, rank=0, shuffle_buffer=1000, xflip=True)
     loader = torch.utils.data.DataLoader(
         ShardStream(spec), batch_size=None, num_workers=1, prefetch_factor=4, persistent_workers=True
     )
     stream = iter(loader)
     next(stream)
+    pids = tuple(w.pid for w in getattr(stream, "_workers", []))  # private, but the only handle on the worker
     batches = max(1, count // batch)
-    start, cpu = time.perf_counter(), time.process_time()
-    for _ in range(batches):
-        next(stream)
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    out = _take(stream, batches, batch, pids)
+    out["trainer_us_per_batch"] = out["cpu_s"] / batches * 1e6
     del stream, loader
-    return batches * batch / elapsed, cpu / batches
+    return out
 
 
 def main() -> None:
@@ -165,7 +189,7 @@ def main() -> None:
     formats = a.formats.split(",")
     sizes = [tuple(int(v) for v in s.split("x")) for s in a.sizes.split(",")]
     print(f"# {origin}, {a.images} images, batch {a.batch}, median of {a.repeats}; load {os.getloadavg()[0]:.2f}")
-    print(f"# {os.cpu_count()} CPU(s) here; every number is ONE process on one core", flush=True)
+    print(f"# {os.cpu_count()} CPU(s) here; every rate is images per CPU-second of ONE process", flush=True)
 
     results: dict[tuple, dict[str, list[float]]] = {}
     meta: dict[tuple, dict] = {}
@@ -179,13 +203,17 @@ def main() -> None:
             for (res, channels, fmt), m in meta.items():
                 r = results.setdefault((res, channels, fmt), {})
                 mode = "L" if channels == 1 else "RGB"
-                r.setdefault("plain", []).append(time_plain(m["blobs"], fmt, mode))
-                r.setdefault("worker", []).append(time_worker(m["urls"], res, channels, a.batch, a.images))
-                rate, cpu = time_dataloader(m["urls"], res, channels, a.batch, a.images)
-                r.setdefault("dataloader", []).append(rate)
-                r.setdefault("trainer_us_per_batch", []).append(cpu * 1e6)
+                measured = {
+                    "plain": time_plain(m["blobs"], fmt, mode),
+                    "worker": time_worker(m["urls"], res, channels, a.batch, a.images),
+                    "dataloader": time_dataloader(m["urls"], res, channels, a.batch, a.images),
+                }
                 if not a.no_wds:
-                    r.setdefault("wds", []).append(time_wds(m["urls"], fmt, channels, a.batch, a.images))
+                    measured["wds"] = time_wds(m["urls"], fmt, channels, a.batch, a.images)
+                for name, rates in measured.items():
+                    r.setdefault(f"{name}_wall", []).append(rates["wall"])
+                    r.setdefault(name, []).append(rates["child"] if name == "dataloader" else rates["cpu"])
+                r.setdefault("trainer_us_per_batch", []).append(measured["dataloader"]["trainer_us_per_batch"])
 
     rows = []
     for (res, channels, fmt), r in results.items():
