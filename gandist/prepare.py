@@ -103,7 +103,8 @@ class IdxSource(Source):
     def __getstate__(self) -> dict:  # workers load the arrays themselves instead of receiving them pickled
         return {**self.__dict__, "_images": None, "_labels": None}
 
-    def _arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
+    def arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The images and labels (or None), read on first use."""
         if self._images is None:
             self._images = read_idx(self.images_path)
             self._labels = read_idx(self.labels_path) if self.labels_path else None
@@ -114,10 +115,10 @@ class IdxSource(Source):
         return self._images, self._labels
 
     def items(self) -> list:
-        return list(range(len(self._arrays()[0])))
+        return list(range(len(self.arrays()[0])))
 
     def load(self, item: int) -> tuple[np.ndarray, int | None]:
-        images, labels = self._arrays()
+        images, labels = self.arrays()
         return images[item], (int(labels[item]) if labels is not None else None)
 
 

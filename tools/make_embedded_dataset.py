@@ -25,7 +25,7 @@ def main() -> None:
     p.add_argument("--shard-size", type=int, default=1000)
     a = p.parse_args()
     source = IdxSource(*idx_files(Path(a.src), "train"), classes=FASHION_MNIST_CLASSES, name="fashion-mnist")
-    labels = source._arrays()[1]
+    labels = source.arrays()[1]
     keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[: a.per_class] for c in range(10)]))
     keep = np.random.default_rng(0).permutation(keep)  # mixed classes in every shard
     index = prepare(
