@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gandist import generator_cli, train
+from gandist import generator_cli, prepare, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     train.add_arguments(p_train)
     p_train.set_defaults(func=train.run)
+    p_prepare = sub.add_parser(
+        "prepare",
+        help="turn images into WebDataset shards (see `gandist prepare --help`)",
+        description=prepare.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prepare.add_arguments(p_prepare)
+    p_prepare.set_defaults(func=prepare.run)
     generator_cli.add_commands(sub)  # sample, interpolate, generate, export
     args = parser.parse_args(argv)
     return args.func(args)

@@ -63,7 +63,7 @@ class DataConfig:
     """Where the training images come from and how they are read."""
 
     shards: str = ""
-    """WebDataset shard spec (path, brace pattern or comma-separated list); empty: the embedded Fashion-MNIST sample."""
+    """Shards: path, brace pattern, folder with index.json, pipe:/http(s) URL, comma list; empty: embedded sample."""
     num_workers: int = 1
     """DataLoader worker processes per rank (0: read in the training process)."""
     shuffle_buffer: int = 1000
@@ -72,6 +72,8 @@ class DataConfig:
     """Randomly flip images horizontally."""
     prefetch_factor: int = 4
     """Batches each worker prepares ahead."""
+    max_bad_frac: float = 0.01
+    """Largest tolerated fraction of skipped samples (undecodable, wrong size, truncated shard) per loader worker."""
 
 
 @dataclass
@@ -381,6 +383,8 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
             raise ConfigError(f"key '{key}' must be >= 0, got {value}")
     if t.grid_size < 1:
         raise ConfigError(f"key 'train.grid_size' must be positive, got {t.grid_size}")
+    if not 0 <= d.max_bad_frac <= 1:
+        raise ConfigError(f"key 'data.max_bad_frac' must lie in [0, 1], got {d.max_bad_frac}")
     if d.prefetch_factor < 1:
         raise ConfigError(f"key 'data.prefetch_factor' must be positive, got {d.prefetch_factor}")
     for name in ("G_opt", "D_opt"):

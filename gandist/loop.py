@@ -36,7 +36,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 
 from gandist import checkpoint
 from gandist.config import Config, ConfigError, to_dict, to_yaml, validate
-from gandist.data import StreamSpec, expand_shards, make_loader, to_device_float
+from gandist.data import ShardLoader, StreamSpec, check_dataset, expand_shards, make_loader, to_device_float
 from gandist.ema import ema_beta, make_ema, update_ema
 from gandist.images import make_grid, save_grid
 from gandist.losses import get_losses
@@ -176,10 +176,13 @@ def train(cfg: Config) -> TrainResult:
         strategy.close()
 
 
-def _make_loader(cfg: Config, strategy: Strategy, restart: int) -> torch.utils.data.DataLoader:
+def _make_loader(cfg: Config, strategy: Strategy, restart: int) -> ShardLoader:
+    """This rank's endless stream of training batches; fails fast on a dataset that cannot fit."""
+    urls, source = expand_shards(cfg.data.shards), cfg.data.shards or "<embedded>"
+    check_dataset(urls, cfg.model.resolution, source)
     return make_loader(
         StreamSpec(
-            urls=expand_shards(cfg.data.shards),
+            urls=urls,
             batch_per_gpu=cfg.train.batch // strategy.world_size,
             resolution=cfg.model.resolution,
             channels=cfg.model.channels,
@@ -188,6 +191,9 @@ def _make_loader(cfg: Config, strategy: Strategy, restart: int) -> torch.utils.d
             restart=restart,
             shuffle_buffer=cfg.data.shuffle_buffer,
             xflip=cfg.data.xflip,
+            world_size=strategy.world_size,
+            max_bad_frac=cfg.data.max_bad_frac,
+            source=source,
         ),
         num_workers=cfg.data.num_workers,
         prefetch_factor=cfg.data.prefetch_factor,
@@ -221,7 +227,8 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
         state.load(resume_from)
         state.progress.restart += 1
     progress = state.progress
-    batches = iter(_make_loader(cfg, strategy, progress.restart))
+    loader = _make_loader(cfg, strategy, progress.restart)
+    batches = iter(loader)
 
     reporter = Reporter(run_dir, t.kimg, progress.nimg / 1000, enabled=strategy.is_main)
     trackers = Trackers(
@@ -311,6 +318,7 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
                 "sec_per_kimg": round(elapsed / max(shown / 1000, 1e-9), 3),
                 "data_wait_frac": round(wait_time / max(elapsed, 1e-9), 4),
                 **{k: round(v, 5) for k, v in means.items()},
+                **loader.tick_stats(strategy.reduce_mean, world, device),
             }
             for name in ("G", "D"):
                 record[f"lr/{name}"] = strategy.optimizer(name).param_groups[0]["lr"]
@@ -319,6 +327,8 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
             if phases.guard:
                 record["faults/skipped_steps"] = progress.skipped_steps
                 record["faults/rollbacks"] = progress.rollbacks
+            if record["data/bad_samples"]:
+                reporter.message(f"gandist: skipped {record['data/bad_samples']} bad sample(s) this tick")
             if device.type == "cuda":
                 record["gpu_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
             reporter.tick(record)

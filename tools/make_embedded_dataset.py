@@ -3,8 +3,10 @@
     apt-get install dataset-fashion-mnist
     python tools/make_embedded_dataset.py [--per-class 600]
 
-Takes the first `per-class` training images of each class (Fashion-MNIST, MIT licence), resizes
-them to 32 px and writes gzip-compressed PNG shards with labels.
+Takes the first `per-class` training images of each class (Fashion-MNIST, MIT licence) in a seeded
+random order and encodes them with the code of `gandist prepare fashion-mnist` (32 px grey PNG, Lanczos,
+labels), as gzip-compressed shards: the samples are byte-identical to what that command writes for
+the same images. Shards are byte-reproducible (tar and gzip headers carry no time).
 """
 
 import argparse
@@ -12,9 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gandist.shards import read_idx, resize, write_shards
-
-CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+from gandist.prepare import FASHION_MNIST_CLASSES, EncodeOptions, IdxSource, idx_files, prepare
 
 
 def main() -> None:
@@ -24,21 +24,21 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=600)
     p.add_argument("--shard-size", type=int, default=1000)
     a = p.parse_args()
-    images = read_idx(Path(a.src) / "train-images-idx3-ubyte.gz")
-    labels = read_idx(Path(a.src) / "train-labels-idx1-ubyte.gz")
+    source = IdxSource(*idx_files(Path(a.src), "train"), classes=FASHION_MNIST_CLASSES, name="fashion-mnist")
+    labels = source.arrays()[1]
     keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[: a.per_class] for c in range(10)]))
-    rng = np.random.default_rng(0)
-    keep = rng.permutation(keep)  # mixed classes in every shard
-    samples = ((resize(images[i], 32), int(labels[i])) for i in keep)
-    meta = {
-        "resolution": 32,
-        "channels": 1,
-        "num_classes": 10,
-        "classes": CLASSES,
-        "source": "Fashion-MNIST train split (MIT licence)",
-    }
-    paths = write_shards(samples, a.out, "fashion-mnist", shard_size=a.shard_size, fmt="png", compress=True, meta=meta)
-    print(f"wrote {len(keep)} images in {len(paths)} shards to {a.out}")
+    keep = np.random.default_rng(0).permutation(keep)  # mixed classes in every shard
+    index = prepare(
+        source,
+        a.out,
+        EncodeOptions(resolution=32, channels=1, fmt="png"),
+        shard_size=a.shard_size,
+        compress=True,
+        items=[int(i) for i in keep],
+        overwrite=True,
+        meta={"source": "Fashion-MNIST train split (MIT licence)"},
+    )
+    print(f"wrote {index['num_samples']} images in {len(index['shards'])} shards to {a.out}")
 
 
 if __name__ == "__main__":
