@@ -289,6 +289,8 @@ class StreamSpec:
     """Samples a worker reads before the bad fraction is judged (a few early bad ones are no verdict)."""
     source: str = ""
     """The spec as the user wrote it, for messages."""
+    skip_batches: int = 0
+    """Batches this rank already took from this stream (a resumed run continues where it stopped)."""
 
 
 def stream_seed(seed: int, rank: int, worker: int, restart: int) -> int:
@@ -368,7 +370,12 @@ class ShardStream(torch.utils.data.IterableDataset):
         spec = self.spec
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        rng = random.Random(stream_seed(spec.seed, spec.rank, worker, spec.restart))
+        # The DataLoader takes batch i from worker i % N. After `skip_batches` = k batches, the next
+        # one belonged to worker k % N: this worker plays the part of worker (w + k) % N, which had
+        # made (w + k) // N batches by then; it replays them without decoding.
+        role = (worker + spec.skip_batches) % num_workers
+        to_skip = (worker + spec.skip_batches) // num_workers * spec.batch_per_gpu
+        rng = random.Random(stream_seed(spec.seed, spec.rank, role, spec.restart))
         health = _Health(spec, worker)
         samples = self._samples(self._shards(rng, worker, num_workers), health)
         buffer: list[dict] = []
@@ -407,6 +414,11 @@ class ShardStream(torch.utils.data.IterableDataset):
             yield from buffer
 
         for sample in picks():
+            if to_skip:  # same random draws as a kept sample; bad samples in the skipped part are not seen
+                to_skip -= 1
+                if spec.xflip:
+                    rng.random()
+                continue
             try:
                 array = decode_array(sample, spec.channels)
                 if array.shape[0] != res or array.shape[1] != res:
@@ -441,7 +453,12 @@ class ShardLoader:
         self.bad_total = 0  # this job (since the start or resume), all ranks, as of the last tick
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels, bad, read in self.dataloader:
+        # start the DataLoader now, not at the first next(): it draws its base seed from torch's
+        # global generator, and the caller may want to fence that off (exact resume)
+        return self._counted(iter(self.dataloader))
+
+    def _counted(self, batches: Iterator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels, bad, read in batches:
             self.bad += bad
             self.read += read
             if len(images):

@@ -42,7 +42,7 @@ from gandist.images import make_grid, save_grid
 from gandist.losses import get_losses
 from gandist.models import build_models
 from gandist.preemption import StopRequested, clear_requeue_marker, write_requeue_marker
-from gandist.state import TrainState
+from gandist.state import Progress, TrainState, data_key
 from gandist.strategy import Strategy, make_accelerator
 from gandist.trackers import Trackers, environment_summary
 from gandist.tracking import Reporter, TickStats
@@ -176,7 +176,7 @@ def train(cfg: Config) -> TrainResult:
         strategy.close()
 
 
-def _make_loader(cfg: Config, strategy: Strategy, restart: int) -> ShardLoader:
+def _make_loader(cfg: Config, strategy: Strategy, progress: Progress) -> ShardLoader:
     """This rank's endless stream of training batches; fails fast on a dataset that cannot fit."""
     urls, source = expand_shards(cfg.data.shards), cfg.data.shards or "<embedded>"
     check_dataset(urls, cfg.model.resolution, source)
@@ -188,7 +188,8 @@ def _make_loader(cfg: Config, strategy: Strategy, restart: int) -> ShardLoader:
             channels=cfg.model.channels,
             seed=cfg.train.seed,
             rank=strategy.rank,
-            restart=restart,
+            restart=progress.data_stream,
+            skip_batches=progress.data_batches,
             shuffle_buffer=cfg.data.shuffle_buffer,
             xflip=cfg.data.xflip,
             world_size=strategy.world_size,
@@ -227,8 +228,13 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
         state.load(resume_from)
         state.progress.restart += 1
     progress = state.progress
-    loader = _make_loader(cfg, strategy, progress.restart)
-    batches = iter(loader)
+    if progress.data_key != data_key(cfg, world):  # new run, or other data settings: a stream of its own
+        if resume_from is not None and strategy.is_main:
+            print(f"gandist: data settings changed since {resume_from}: a fresh data stream", file=sys.stderr)
+        progress.data_key, progress.data_stream, progress.data_batches = data_key(cfg, world), progress.restart, 0
+    loader = _make_loader(cfg, strategy, progress)
+    with torch.random.fork_rng(devices=[]):  # the DataLoader draws a seed: keep the run's random stream untouched
+        batches = iter(loader)
 
     reporter = Reporter(run_dir, t.kimg, progress.nimg / 1000, enabled=strategy.is_main)
     trackers = Trackers(
@@ -294,6 +300,7 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
         update_ema(G_ema, G, ema_beta(t.batch, progress.nimg, t.ema_kimg, t.ema_rampup))
         progress.nimg += t.batch
         progress.step += 1
+        progress.data_batches += 1
         steps_this_job += 1
         reporter.advance(progress.nimg / 1000)
         if phases.guard:
@@ -392,10 +399,14 @@ def _roll_back(state: TrainState, run_dir: Path, reporter: Reporter) -> None:
             + ("" if last else " and no checkpoint to roll back to")
             + ": lower the learning rates, use fp32 (train.precision=fp32), or check the data"
         )
-    rollbacks, skipped, run_id = progress.rollbacks + 1, progress.skipped_steps, progress.tracker_run_id
-    state.load(last)
-    state.progress.rollbacks, state.progress.skipped_steps = rollbacks, skipped
-    state.progress.tracker_run_id = run_id
+    kept = {
+        k: getattr(progress, k) for k in ("skipped_steps", "tracker_run_id", "data_key", "data_stream", "data_batches")
+    }
+    rollbacks = progress.rollbacks + 1
+    state.load(last)  # weights, optimizers and counters go back; the data stream goes on
+    for key, value in kept.items():
+        setattr(state.progress, key, value)
+    state.progress.rollbacks = rollbacks
     reporter.message(f"gandist: {faults.max_bad_steps} non-finite steps in a row: rolled back to {last} (#{rollbacks})")
 
 

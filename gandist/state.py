@@ -37,6 +37,12 @@ class Progress:
     """Rollbacks to an earlier checkpoint after persistent non-finite steps."""
     tracker_run_id: str | None = None
     """The experiment tracker's run id, so a resumed job continues the same dashboard run."""
+    data_key: str = ""
+    """The data settings the stream was made for (shards, seed, ranks, workers, batch, shuffle, flip)."""
+    data_stream: int = 0
+    """Which stream is in use: 0 at the start, the restart count after a change of data settings."""
+    data_batches: int = 0
+    """Batches each rank has taken from that stream: a resumed run skips them and continues exactly."""
 
 
 @dataclass
@@ -106,11 +112,22 @@ class TrainState:
             raise checkpoint.CheckpointError(f"checkpoint {path} does not fit this run's nets: {e}") from e
         self.noise.set_state(shared["noise"].to(self.noise.get_state().device))
         saved = shared.get("progress", {"nimg": shared["nimg"], "step": shared["step"]})
-        self.progress = Progress(**{k: v for k, v in saved.items() if k in Progress.__dataclass_fields__})
+        fresh = Progress(**{k: v for k, v in saved.items() if k in Progress.__dataclass_fields__})
+        for key, value in vars(fresh).items():  # in place: the loop holds on to this object
+            setattr(self.progress, key, value)
         if own is not None and shared.get("world_size") == self.strategy.world_size:
             torch.set_rng_state(own["cpu_rng"])
             if "cuda_rng" in own and torch.cuda.is_available():
                 torch.cuda.set_rng_state(own["cuda_rng"])
+
+
+def data_key(cfg: Config, world_size: int) -> str:
+    """The settings that fix each rank's data stream: if they are unchanged, a resume continues it exactly."""
+    d = cfg.data
+    return (
+        f"{d.shards}|seed={cfg.train.seed}|world={world_size}|workers={d.num_workers}|batch={cfg.train.batch}|"
+        f"shuffle={d.shuffle_buffer}|xflip={d.xflip}"
+    )
 
 
 def check_compatible(path: Path, saved: dict, cfg: Config) -> None:
