@@ -17,6 +17,11 @@ STOP_SIGNAL=""
 gandist_on_signal() {
     STOP_SIGNAL=$1
     echo "gandist-slurm: got SIG$1 at $(date +%T): asking the trainer to checkpoint and stop"
+    if [[ $1 != TERM ]] && ((SECONDS < 120)); then
+        # a --time shorter than the lead of --signal=B:USR2@LEAD: every requeued run is told to stop at once
+        echo "gandist-slurm: warning: SIG$1 came ${SECONDS} s after the start; unless this is a preemption," \
+            "make --time longer than the lead time in --signal=B:USR2@SECONDS"
+    fi
     if [[ -n ${RUN_DIR:-} && -d $RUN_DIR ]]; then
         echo "SIG$1 to SLURM job ${SLURM_JOB_ID:-?}" >"$RUN_DIR/STOP"
     fi
@@ -35,7 +40,7 @@ gandist_die() {
 : "${VENV:=$GANDIST_DIR/.venv}"               # virtual environment to activate; empty: use PATH as it is
 : "${MODULES:=}"                              # environment modules to load first, e.g. "cuda/12.4 gcc/12"
 : "${CONFIG:=}"                               # --config file for the trainer (or pass --config as an argument)
-: "${DATA:=}"                                 # data.shards (brace pattern, comma list, pipe:, https://); empty: the config's
+: "${DATA:=}"                                 # data.shards (brace pattern, comma list, pipe:, https://)
 : "${OUTPUT_DIR:=$GANDIST_DIR/runs}"          # run folders go here (a file system shared by all nodes)
 if [[ -n ${SLURM_ARRAY_JOB_ID:-} ]]; then
     : "${RUN_NAME:=${SLURM_JOB_NAME:-gandist}-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}"
@@ -52,7 +57,8 @@ fi
 # --- 3. checks: fail here, with a message, not after the launch -------------------------------------
 [[ -n ${SLURM_JOB_ID:-} ]] || gandist_die "not inside a SLURM job: submit with sbatch (see slurm/README.md)"
 [[ -f $GANDIST_DIR/gandist/train.py ]] ||
-    gandist_die "GANDIST_DIR=$GANDIST_DIR is not a gandist checkout (no gandist/train.py): submit from the checkout or set GANDIST_DIR"
+    gandist_die "GANDIST_DIR=$GANDIST_DIR is not a gandist checkout (no gandist/train.py):" \
+        "submit from the checkout or set GANDIST_DIR"
 cd "$GANDIST_DIR" || gandist_die "cannot cd to GANDIST_DIR=$GANDIST_DIR"
 is_count() { [[ $1 =~ ^[0-9]+$ ]] && ((10#$1 >= 1)); }
 is_count "$NODES" ||
@@ -63,7 +69,8 @@ if [[ -z $PROCS_PER_NODE ]] && command -v nvidia-smi >/dev/null; then
     PROCS_PER_NODE=$(nvidia-smi -L | grep -c '^GPU') # a site that hands out whole nodes without --gpus
 fi
 is_count "$PROCS_PER_NODE" ||
-    gandist_die "PROCS_PER_NODE='$PROCS_PER_NODE': no GPU allocated to this job: submit with --gpus-per-node=N (or PROCS_PER_NODE=N for CPU processes)"
+    gandist_die "PROCS_PER_NODE='$PROCS_PER_NODE': no GPU allocated to this job:" \
+        "submit with --gpus-per-node=N (or set PROCS_PER_NODE=N for CPU processes)"
 [[ -f $LAUNCH_CONFIG ]] || gandist_die "LAUNCH_CONFIG=$LAUNCH_CONFIG does not exist (see launch/README.md)"
 if [[ -n $MODULES ]]; then
     # shellcheck disable=SC2086 # a list of module names
@@ -77,7 +84,8 @@ if [[ -n $VENV ]]; then
         gandist_die "VENV=$VENV has no bin/activate: point it at your virtual environment, or set VENV= to use PATH"
     fi
 fi
-command -v accelerate >/dev/null || gandist_die "accelerate not found on PATH: set VENV= or MODULES= (python: $(command -v python3))"
+command -v accelerate >/dev/null ||
+    gandist_die "accelerate not found on PATH: set VENV= or MODULES= (python3: $(command -v python3))"
 
 TRAIN_ARGS=()
 [[ -n $CONFIG ]] && TRAIN_ARGS+=(--config "$CONFIG")
@@ -102,7 +110,8 @@ if ((NODES > 1)); then
     # accelerate ignores rdzv_backend from a config file (its flag defaults to static): pass it here
     LAUNCH+=(--main_process_ip "$HEAD_NODE" --rdzv_backend c10d)
 fi
-echo "gandist-slurm: job $SLURM_JOB_ID restart $RESTARTS | $NODES node(s) x $PROCS_PER_NODE process(es) on $SLURM_JOB_NODELIST | head $HEAD_NODE:$MAIN_PORT | run $RUN_DIR"
+echo "gandist-slurm: job $SLURM_JOB_ID restart $RESTARTS | $NODES node(s) x $PROCS_PER_NODE process(es)" \
+    "on $SLURM_JOB_NODELIST | head $HEAD_NODE:$MAIN_PORT | run $RUN_DIR"
 printf '%s job=%s restart=%s nodes=%s processes=%s event=start\n' "$(date +%FT%T)" "$SLURM_JOB_ID" "$RESTARTS" \
     "$SLURM_JOB_NODELIST" "$WORLD_SIZE" >>"$RUN_DIR/slurm_jobs.log"
 SRUN=(srun --nodes="$NODES" --ntasks="$NODES" --ntasks-per-node=1 --kill-on-bad-exit=1)
@@ -128,7 +137,8 @@ fi
 
 # --- 5. requeue or end ----------------------------------------------------------------------------
 gandist_event() {
-    printf '%s job=%s restart=%s event=%s\n' "$(date +%FT%T)" "$SLURM_JOB_ID" "$RESTARTS" "$1" >>"$RUN_DIR/slurm_jobs.log"
+    printf '%s job=%s restart=%s event=%s\n' "$(date +%FT%T)" "$SLURM_JOB_ID" "$RESTARTS" "$1" \
+        >>"$RUN_DIR/slurm_jobs.log"
 }
 if [[ ! -f $RUN_DIR/REQUEUE ]]; then
     gandist_event "end rc=$RC"
@@ -157,6 +167,4 @@ scontrol requeue "$SLURM_JOB_ID" || {
     echo "gandist-slurm: error: scontrol requeue failed; resubmit with RUN_NAME=$RUN_NAME to continue" >&2
     exit 75
 }
-# SLURM ends this shell as part of the requeue
-wait
-exit 0
+exit 0 # SLURM ends the job here and starts it again later

@@ -174,7 +174,7 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MinJobAge=600
 KillWait=30
-# without it a preempted job gets no --signal warning, only SIGTERM at the end of its grace time
+# at preemption, send the job's --signal (the batch shell traps it) instead of SIGTERM to its tasks
 SlurmctldParameters=preempt_send_user_signal
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
