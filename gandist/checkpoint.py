@@ -58,9 +58,12 @@ def save_checkpoint(
     rank: int,
     barrier: Callable[[], None],
     keep: int = 3,
+    collective_save: Callable[[Path], None] | None = None,
 ) -> Path:
     """Collectively write checkpoint `step`: rank 0 writes `shared_state()`, every rank its `rank_state`.
 
+    `collective_save(folder)`, if given, is called on every rank with the temporary folder (sharded
+    states such as DeepSpeed's `ds_G/`, `ds_D/`), before the COMPLETE marker.
     Every rank must call this. Returns the final folder.
     """
     folder = Path(run_dir) / "checkpoints"
@@ -73,6 +76,8 @@ def save_checkpoint(
         tmp.mkdir()
     barrier()
     _save_file(rank_state, tmp / f"rank-{rank:05d}.pt")
+    if collective_save is not None:
+        collective_save(tmp)
     if rank == 0:
         _save_file(shared_state(), tmp / "state.pt")
     barrier()

@@ -3,13 +3,13 @@
     set up: process group, run folder, G, D, G_ema, Adam per net, strategy, per-rank shard stream
     while nimg < train.kimg * 1000:
         real  <- next batch of this rank (uint8 on the host) -> device, [-1, 1]
-        D phase: fake = G(z).detach();  L_D = d_loss(D(real), D(fake));  step D
-        G phase: D frozen (raw module);  L_G = g_loss(D(G(z')));           step G
-        G_ema  <- lerp towards G with a half-life of train.ema_kimg
+        D phase: fake = G(z).detach();  L_D = d_loss(D(real), D(fake));  step D   (per micro-batch:
+        G phase: D frozen (raw module);  L_G = g_loss(D(G(z')));           step G    backward; step at the last)
+        G_ema  <- lerp towards G (gathered under ZeRO-3) with a half-life of train.ema_kimg
         nimg += global batch
         once per tick:     reduce stats across ranks; rank 0 writes stats.jsonl, updates the bar
         every snapshot:    rank 0 writes a G_ema grid of the fixed noise to samples/
-        every checkpoint:  all ranks save (checkpoint.py)
+        every checkpoint:  all ranks save (checkpoint.py; DeepSpeed engines into ds_G/, ds_D/)
     at the end: grid, checkpoint, parameter checksums of every rank in summary.json
 
 z is drawn for the global batch from one generator shared by all ranks and each rank takes its
@@ -35,7 +35,7 @@ from gandist.ema import ema_beta, make_ema, update_ema
 from gandist.images import save_grid
 from gandist.losses import get_losses
 from gandist.models import build_models
-from gandist.strategy import Strategy, make_accelerator
+from gandist.strategy import Strategy, make_strategy
 from gandist.tracking import Reporter, TickStats
 
 
@@ -71,6 +71,14 @@ class Phases:
             loss = self.g_loss(D(G(z)).float())
         s.backward_and_step("G", loss)
         self.stats.add("loss/G", loss)
+
+    def step(self, real: torch.Tensor, z_d: torch.Tensor, z_g: torch.Tensor) -> None:
+        """One D step then one G step on this rank's batch, each in strategy.accumulation micro-batches."""
+        n = self.strategy.accumulation
+        for real_i, z_i in zip(real.chunk(n), z_d.chunk(n)):
+            self.d_phase(real_i, z_i)
+        for z_i in z_g.chunk(n):
+            self.g_phase(z_i)
 
 
 def build_nets(cfg: Config) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -127,8 +135,7 @@ def _resume_path(cfg: Config, run_dir: Path) -> Path | None:
 
 def train(cfg: Config) -> Path:
     """Run a whole training job in this process (one rank of a launch). Returns the run folder."""
-    accelerator = make_accelerator(cfg.strategy)
-    strategy = Strategy(accelerator, cfg.train.precision)
+    strategy = make_strategy(cfg.strategy, cfg.train.precision, cfg.train.batch)
     try:
         return _train(cfg, strategy)
     finally:
@@ -162,12 +169,8 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
     resume_from = _resume_path(cfg, run_dir)
     if resume_from is not None:
         shared, own = checkpoint.load_checkpoint(resume_from, rank)
-        G.load_state_dict(shared["G"])
-        D.load_state_dict(shared["D"])
+        strategy.load_state(resume_from, shared)
         G_ema.load_state_dict(shared["G_ema"])
-        for name in ("G", "D"):
-            strategy.optimizer(name).load_state_dict(shared[f"opt_{name}"])
-            strategy.scaler(name).load_state_dict(shared[f"scaler_{name}"])
         nimg, step, restart = shared["nimg"], shared["step"], shared["restart"] + 1
         noise.set_state(shared["noise"].to(noise.get_state().device))
         if own is not None:
@@ -195,7 +198,8 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
     reporter = Reporter(run_dir, t.kimg, nimg / 1000, enabled=strategy.is_main)
     reporter.message(
         f"gandist: run {run_dir} | {world} process(es) on {device.type} | batch {t.batch} ({batch_per_gpu}/rank) | "
-        f"precision {strategy.precision} | {t.kimg} kimg" + (f" | resumed from {resume_from}" if resume_from else "")
+        f"precision {strategy.precision} | {strategy.describe()} | {t.kimg} kimg"
+        + (f" | resumed from {resume_from}" if resume_from else "")
     )
 
     def write_grid() -> None:
@@ -207,15 +211,13 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
     def save(at_step: int) -> Path:
         for module in (G, D, G_ema):
             strategy.sync_buffers(module)
+        nets = strategy.checkpoint_state()  # G, D (gathered under ZeRO-3: every rank takes part), optimizers
         return checkpoint.save_checkpoint(
             run_dir,
             at_step,
             shared_state=lambda: {
-                "G": G.state_dict(),
-                "D": D.state_dict(),
+                **nets,
                 "G_ema": G_ema.state_dict(),
-                **{f"opt_{n}": strategy.optimizer(n).state_dict() for n in ("G", "D")},
-                **{f"scaler_{n}": strategy.scaler(n).state_dict() for n in ("G", "D")},
                 "nimg": nimg,
                 "step": at_step,
                 "restart": restart,
@@ -227,6 +229,7 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
             rank=rank,
             barrier=strategy.barrier,
             keep=t.keep_checkpoints,
+            collective_save=strategy.save_engine_states,
         )
 
     if nimg == 0:
@@ -246,10 +249,10 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
         z_d = torch.randn(t.batch, cfg.model.z_dim, device=device, generator=noise)
         z_g = torch.randn(t.batch, cfg.model.z_dim, device=device, generator=noise)
         mine = slice(rank * batch_per_gpu, (rank + 1) * batch_per_gpu)
-        phases.d_phase(real, z_d[mine])
-        phases.g_phase(z_g[mine])
+        phases.step(real, z_d[mine], z_g[mine])
 
-        update_ema(G_ema, G, ema_beta(t.batch, nimg, t.ema_kimg, t.ema_rampup))
+        with strategy.gathered("G") as G_full:
+            update_ema(G_ema, G_full, ema_beta(t.batch, nimg, t.ema_kimg, t.ema_rampup))
         nimg += t.batch
         step += 1
         steps_this_job += 1
@@ -285,7 +288,9 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
 
     write_grid()
     final = save(step)
-    digests = gather_object([{"rank": rank, "G": param_digest(G), "D": param_digest(D), "G_ema": param_digest(G_ema)}])
+    with strategy.gathered("G") as G_full, strategy.gathered("D") as D_full:
+        mine = {"rank": rank, "G": param_digest(G_full), "D": param_digest(D_full), "G_ema": param_digest(G_ema)}
+    digests = gather_object([mine])
     if strategy.is_main:
         in_sync = all(d[k] == digests[0][k] for d in digests for k in ("G", "D", "G_ema"))
         summary = {

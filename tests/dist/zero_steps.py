@@ -1,0 +1,142 @@
+"""One D/G step under DDP and DeepSpeed ZeRO-1/2/3 in one 2-process launch; rank 0 saves every result.
+
+    accelerate launch --config_file launch/cpu_2proc.yaml tests/dist/zero_steps.py OUT.pt
+
+Every case starts from the same seeded weights and trains on the same per-rank batches (rank r takes
+slice r of one global batch of 16), so ZeRO-k and DDP at world size 2 must agree. Each case records the
+full (gathered) weights of G, D and G_ema, Adam's first moments (0.1 x the averaged gradient after one
+step), the losses, a digest of the gathered weights from every rank, and how many of G's parameters
+were really sharded. Also:
+- gradient accumulation: 2 micro-batches of 4 per rank against 1 of 8, nets in eval mode (BatchNorm
+  statistics fixed beforehand from the global batch) so that the micro-batches can hold different images;
+- resume: ZeRO-3 and ZeRO-1 save after one step (checkpoint.py with the engines' shards), step again;
+  fresh engines load the checkpoint and repeat the second step.
+"""
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from accelerate.utils import gather_object
+from deepspeed.utils import safe_get_full_optimizer_state
+
+from gandist import checkpoint
+from gandist.config import StrategyConfig, load_config
+from gandist.ema import make_ema, update_ema
+from gandist.loop import Phases, build_nets, make_optimizer, param_digest
+from gandist.losses import get_losses
+from gandist.strategy import Strategy, make_accelerator, plan_strategy
+from gandist.strategy.zero import ZeroStrategy
+from gandist.tracking import TickStats
+
+SHARD_ALL = str(Path(__file__).with_name("zero3_shard_all.json"))  # ZeRO-3 shards even tiny parameters
+GLOBAL_BATCH = 16
+
+cfg = load_config(None, ["model.g_width=8", "model.d_width=8", "model.z_dim=16"])
+accelerator = make_accelerator(cfg.strategy)
+world, rank = accelerator.num_processes, accelerator.process_index
+gen = torch.Generator().manual_seed(123)
+REAL = torch.rand(GLOBAL_BATCH, 1, 32, 32, generator=gen) * 2 - 1
+Z_D, Z_G = torch.randn(GLOBAL_BATCH, 16, generator=gen), torch.randn(GLOBAL_BATCH, 16, generator=gen)
+per_rank = GLOBAL_BATCH // world
+MINE = slice(rank * per_rank, (rank + 1) * per_rank)
+
+
+def make_strategy(stage: int | None, precision: str, accumulation: int = 1) -> Strategy:
+    if stage is None:
+        return Strategy(accelerator, precision, accumulation)
+    s_cfg = StrategyConfig(name="deepspeed", zero_stage=stage, gradient_accumulation=accumulation)
+    s_cfg.deepspeed_config = SHARD_ALL
+    return ZeroStrategy(accelerator, plan_strategy(s_cfg, precision, world, os.environ), GLOBAL_BATCH)
+
+
+def fix_batchnorm(G: torch.nn.Module, D: torch.nn.Module) -> None:
+    """Running statistics := those of the global batch, then eval mode: BatchNorm no longer mixes samples."""
+    for m in list(G.modules()) + list(D.modules()):
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 1.0
+    with torch.no_grad():
+        D(G(Z_D)), D(REAL)
+    G.eval(), D.eval()
+
+
+def build(stage: int | None, precision: str, accumulation: int = 1, eval_mode: bool = False):
+    strategy = make_strategy(stage, precision, accumulation)
+    G, D = build_nets(cfg)
+    if eval_mode:
+        fix_batchnorm(G, D)
+    G_ema = make_ema(G)
+    strategy.add("G", G, make_optimizer(G.parameters(), cfg.G_opt))
+    strategy.add("D", D, make_optimizer(D.parameters(), cfg.D_opt))
+    return strategy, Phases(strategy, *get_losses("nonsaturating"), TickStats(strategy.device)), G_ema
+
+
+def step(strategy: Strategy, phases: Phases, G_ema: torch.nn.Module) -> None:
+    phases.step(REAL[MINE], Z_D[MINE], Z_G[MINE])
+    with strategy.gathered("G") as G_full:
+        update_ema(G_ema, G_full, 0.5)
+
+
+def exp_avg(strategy: Strategy, name: str) -> list[torch.Tensor]:
+    """Adam's first moment per parameter, full size (a collective under ZeRO)."""
+    params = list(strategy.module(name).parameters())
+    if isinstance(strategy, ZeroStrategy):
+        return [safe_get_full_optimizer_state(p, "exp_avg").detach().cpu().clone() for p in params]
+    return [strategy.optimizer(name).state[p]["exp_avg"].detach().cpu().clone() for p in params]
+
+
+def record(strategy: Strategy, phases: Phases, G_ema: torch.nn.Module) -> dict:
+    out = {"losses": phases.stats.means(strategy.reduce_mean), "G_ema": {k: v.clone() for k, v in G_ema.state_dict().items()}}
+    for name in ("G", "D"):
+        strategy.sync_buffers(strategy.module(name))  # BatchNorm statistics are per rank until synced
+        with strategy.gathered(name) as module:
+            out[name] = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            digest = param_digest(module)
+        out[f"digests_{name}"] = gather_object([digest])
+        out[f"exp_avg_{name}"] = exp_avg(strategy, name)
+    G_params = list(strategy.module("G").parameters())
+    out["G_sharded"] = sum(p.numel() < getattr(p, "ds_numel", p.numel()) for p in G_params) / len(G_params)
+    out["kind"] = type(strategy).__name__
+    return out
+
+
+results: dict = {"world": world}
+for stage in (None, 1, 2, 3):
+    for precision in ("fp32", "bf16"):
+        strategy, phases, G_ema = build(stage, precision)
+        step(strategy, phases, G_ema)
+        results[(stage, precision)] = record(strategy, phases, G_ema)
+
+for stage in (None, 2):
+    for accumulation in (1, 2):
+        strategy, phases, G_ema = build(stage, "fp32", accumulation, eval_mode=True)
+        step(strategy, phases, G_ema)
+        results[("accumulation", stage, accumulation)] = record(strategy, phases, G_ema)
+
+for stage in (3, 1):
+    run_dir = Path(tempfile.mkdtemp(prefix="zero_resume_")) if rank == 0 else None
+    run_dir = Path(gather_object([str(run_dir)])[0])
+    strategy, phases, G_ema = build(stage, "fp32")
+    step(strategy, phases, G_ema)
+    phases.stats.means(strategy.reduce_mean)  # the recorded losses are those of the second step only
+    state = strategy.checkpoint_state()
+    saved = checkpoint.save_checkpoint(
+        run_dir, 1, lambda: {**state, "G_ema": G_ema.state_dict()}, {}, rank, strategy.barrier,
+        collective_save=strategy.save_engine_states,
+    )
+    step(strategy, phases, G_ema)
+    uninterrupted = record(strategy, phases, G_ema)
+    strategy, phases, G_ema = build(stage, "fp32")
+    shared, _ = checkpoint.load_checkpoint(saved, rank)
+    strategy.load_state(saved, shared)
+    G_ema.load_state_dict(shared["G_ema"])
+    step(strategy, phases, G_ema)
+    resumed = record(strategy, phases, G_ema)
+    files = sorted(str(p.relative_to(saved)) for p in saved.rglob("*") if p.is_file())
+    results[("resume", stage)] = {"uninterrupted": uninterrupted, "resumed": resumed, "files": files, "shared_keys": sorted(shared)}
+
+if rank == 0:
+    torch.save(results, sys.argv[1])
+strategy.close()
