@@ -60,7 +60,9 @@ def _agree(values: list[tuple[str, Any]], what: str) -> Any:
     given = [(place, v) for place, v in values if v is not None]
     if any(v != given[0][1] for _, v in given):
         places = "; ".join(f"{place} = {v!r}" for place, v in given)
-        raise ConfigError(f"{what} is set differently in several places ({places}): remove all but one or make them agree")
+        raise ConfigError(
+            f"{what} is set differently in several places ({places}): remove all but one or make them agree"
+        )
     return given[0][1] if given else None
 
 
@@ -71,14 +73,18 @@ def _env_number(environ: Mapping[str, str], key: str, kind: type) -> Any:
     try:
         return kind(raw)
     except ValueError:
-        raise ConfigError(f"environment variable {key}={raw!r} (from the accelerate launch config) is not a {kind.__name__}") from None
+        raise ConfigError(
+            f"environment variable {key}={raw!r} (from the accelerate launch config) is not a {kind.__name__}"
+        ) from None
 
 
 def load_deepspeed_json(path: str) -> dict[str, Any]:
     """Read a DeepSpeed JSON config, with errors naming the file."""
     file = Path(path)
     if not file.is_file():
-        raise ConfigError(f"DeepSpeed config file {path!r} does not exist (key 'strategy.deepspeed_config' or {ENV_CONFIG_FILE})")
+        raise ConfigError(
+            f"DeepSpeed config file {path!r} does not exist (key 'strategy.deepspeed_config' or {ENV_CONFIG_FILE})"
+        )
     try:
         data = json.loads(file.read_text())
     except json.JSONDecodeError as e:
@@ -117,7 +123,10 @@ def plan_strategy(cfg: StrategyConfig, precision: str, world_size: int, environ:
                     "set offload_optimizer_device and offload_param_device to none"
                 )
         json_path = _agree(
-            [("key 'strategy.deepspeed_config'", cfg.deepspeed_config or None), (ENV_CONFIG_FILE, env.get(ENV_CONFIG_FILE))],
+            [
+                ("key 'strategy.deepspeed_config'", cfg.deepspeed_config or None),
+                (ENV_CONFIG_FILE, env.get(ENV_CONFIG_FILE)),
+            ],
             "the DeepSpeed config file",
         )
         data = load_deepspeed_json(json_path) if json_path else {}
@@ -132,7 +141,9 @@ def plan_strategy(cfg: StrategyConfig, precision: str, world_size: int, environ:
         )
         stage = DEFAULT_ZERO_STAGE if stage is None else stage
         if stage not in (0, 1, 2, 3):
-            raise ConfigError(f"ZeRO stage must be 0, 1, 2 or 3, got {stage} (key 'strategy.zero_stage' / {ENV_ZERO_STAGE})")
+            raise ConfigError(
+                f"ZeRO stage must be 0, 1, 2 or 3, got {stage} (key 'strategy.zero_stage' / {ENV_ZERO_STAGE})"
+            )
         accumulation = _agree(
             [
                 ("key 'strategy.gradient_accumulation'", cfg.gradient_accumulation),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,9 +37,7 @@ def _import_deepspeed():
     try:
         import deepspeed
     except ImportError as e:
-        raise ConfigError(
-            f"strategy.name=deepspeed needs the deepspeed package ({e}): pip install deepspeed"
-        ) from None
+        raise ConfigError(f"strategy.name=deepspeed needs the deepspeed package ({e}): pip install deepspeed") from None
     return deepspeed
 
 
@@ -46,6 +45,9 @@ def _ensure_process_group(device: torch.device, timeout_s: int) -> None:
     """DeepSpeed needs a process group even for one process: create a one-rank group if none exists."""
     if torch.distributed.is_initialized():
         return
+    # what a launcher would have set: DeepSpeed's engine insists on LOCAL_RANK
+    for key, value in (("LOCAL_RANK", "0"), ("RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(key, value)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -122,11 +124,17 @@ class ZeroStrategy(Strategy):
         engine.backward(loss)
         scaler = self.nets[name].scaler
         scale_before = scaler._scale.clone() if boundary and scaler.is_enabled() and scaler._scale is not None else None
+        norm = None
+        if boundary and self.zero_stage == 0:  # DeepSpeed reports no norm without ZeRO: the all-reduced grads are whole
+            grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else None
+            if norm is not None and scale_before is not None:
+                norm = norm / scale_before
         engine.step()
         if not boundary:
             return {}
         out: dict[str, torch.Tensor] = {}
-        norm = engine.get_global_grad_norm()
+        norm = engine.get_global_grad_norm() if norm is None else norm
         if norm is not None:
             out["grad_norm"] = torch.as_tensor(norm, dtype=torch.float32).to(self.device)
         if scale_before is not None:

@@ -39,7 +39,9 @@ def build_deepspeed_config(
     """
     cfg = copy.deepcopy(base)
     where = source or "the generated DeepSpeed config"
-    _fill(cfg, "train_micro_batch_size_per_gpu", micro_batch, where, "train.batch / (processes x gradient_accumulation)")
+    _fill(
+        cfg, "train_micro_batch_size_per_gpu", micro_batch, where, "train.batch / (processes x gradient_accumulation)"
+    )
     _fill(cfg, "gradient_accumulation_steps", accumulation, where, "strategy.gradient_accumulation")
     _fill(cfg, "train_batch_size", micro_batch * accumulation * world_size, where, "train.batch")
     _fill(cfg, "gradient_clipping", grad_clip, where, "strategy.grad_clip")
@@ -79,7 +81,7 @@ def _fill(cfg: dict, key: str, value: Any, where: str, ours: str, prefix: str = 
     if given != "auto" and given != value:
         raise ConfigError(
             f"{where}: '{prefix}{key}' = {given!r} but gandist's config gives {value!r} (from {ours}): "
-            "set it to \"auto\" or remove it from the JSON"
+            'set it to "auto" or remove it from the JSON'
         )
     cfg[key] = value
 

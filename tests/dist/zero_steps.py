@@ -4,9 +4,10 @@
 
 Every case starts from the same seeded weights and trains on the same per-rank batches (rank r takes
 slice r of one global batch of 16), so ZeRO-k and DDP at world size 2 must agree. Each case records the
-full (gathered) weights of G, D and G_ema, Adam's first moments (0.1 x the averaged gradient after one
+full (gathered) weights of G, D and G_ema, Adam's first moments ((1 - beta1) = 0.5 x the averaged gradient after one
 step), the losses, a digest of the gathered weights from every rank, and how many of G's parameters
-were really sharded. Also:
+were really sharded (ZeRO-3 here shards even tiny parameters: zero3_shard_all.json). Also:
+- ZeRO-0, and clipping at a norm far below the gradients' under DDP, ZeRO-2 and ZeRO-3;
 - gradient accumulation: 2 micro-batches of 4 per rank against 1 of 8, nets in eval mode (BatchNorm
   statistics fixed beforehand from the global batch) so that the micro-batches can hold different images;
 - resume: ZeRO-3 and ZeRO-1 save after one step (checkpoint.py with the engines' shards), step again;
@@ -44,10 +45,10 @@ per_rank = GLOBAL_BATCH // world
 MINE = slice(rank * per_rank, (rank + 1) * per_rank)
 
 
-def make_strategy(stage: int | None, precision: str, accumulation: int = 1) -> Strategy:
+def make_strategy(stage: int | None, precision: str, accumulation: int = 1, clip: float = 0.0) -> Strategy:
     if stage is None:
-        return Strategy(accelerator, precision, accumulation)
-    s_cfg = StrategyConfig(name="deepspeed", zero_stage=stage, gradient_accumulation=accumulation)
+        return Strategy(accelerator, precision, accumulation, clip)
+    s_cfg = StrategyConfig(name="deepspeed", zero_stage=stage, gradient_accumulation=accumulation, grad_clip=clip)
     s_cfg.deepspeed_config = SHARD_ALL
     return ZeroStrategy(accelerator, plan_strategy(s_cfg, precision, world, os.environ), GLOBAL_BATCH)
 
@@ -62,8 +63,8 @@ def fix_batchnorm(G: torch.nn.Module, D: torch.nn.Module) -> None:
     G.eval(), D.eval()
 
 
-def build(stage: int | None, precision: str, accumulation: int = 1, eval_mode: bool = False):
-    strategy = make_strategy(stage, precision, accumulation)
+def build(stage: int | None, precision: str, accumulation: int = 1, eval_mode: bool = False, clip: float = 0.0):
+    strategy = make_strategy(stage, precision, accumulation, clip)
     G, D = build_nets(cfg)
     if eval_mode:
         fix_batchnorm(G, D)
@@ -79,16 +80,24 @@ def step(strategy: Strategy, phases: Phases, G_ema: torch.nn.Module) -> None:
         update_ema(G_ema, G_full, 0.5)
 
 
+def run_one(strategy: Strategy, phases: Phases, G_ema: torch.nn.Module):
+    step(strategy, phases, G_ema)
+    return strategy, phases, G_ema
+
+
 def exp_avg(strategy: Strategy, name: str) -> list[torch.Tensor]:
     """Adam's first moment per parameter, full size (a collective under ZeRO)."""
     params = list(strategy.module(name).parameters())
-    if isinstance(strategy, ZeroStrategy):
+    if isinstance(strategy, ZeroStrategy) and strategy.zero_stage > 0:  # ZeRO-0 keeps the torch optimizer as is
         return [safe_get_full_optimizer_state(p, "exp_avg").detach().cpu().clone() for p in params]
     return [strategy.optimizer(name).state[p]["exp_avg"].detach().cpu().clone() for p in params]
 
 
 def record(strategy: Strategy, phases: Phases, G_ema: torch.nn.Module) -> dict:
-    out = {"losses": phases.stats.means(strategy.reduce_mean), "G_ema": {k: v.clone() for k, v in G_ema.state_dict().items()}}
+    out = {
+        "losses": phases.stats.means(strategy.reduce_mean),
+        "G_ema": {k: v.clone() for k, v in G_ema.state_dict().items()},
+    }
     for name in ("G", "D"):
         strategy.sync_buffers(strategy.module(name))  # BatchNorm statistics are per rank until synced
         with strategy.gathered(name) as module:
@@ -109,6 +118,10 @@ for stage in (None, 1, 2, 3):
         step(strategy, phases, G_ema)
         results[(stage, precision)] = record(strategy, phases, G_ema)
 
+results[(0, "fp32")] = record(*run_one(*build(0, "fp32")))
+for stage in (None, 2, 3):  # clipping at a norm far below the gradients' (about 1-10)
+    results[("clip", stage)] = record(*run_one(*build(stage, "fp32", clip=0.01)))
+
 for stage in (None, 2):
     for accumulation in (1, 2):
         strategy, phases, G_ema = build(stage, "fp32", accumulation, eval_mode=True)
@@ -121,9 +134,14 @@ for stage in (3, 1):
     strategy, phases, G_ema = build(stage, "fp32")
     step(strategy, phases, G_ema)
     phases.stats.means(strategy.reduce_mean)  # the recorded losses are those of the second step only
-    state = strategy.checkpoint_state()
+    state = {**strategy.checkpoint_state(), "G_ema": G_ema.state_dict()}
     saved = checkpoint.save_checkpoint(
-        run_dir, 1, lambda: {**state, "G_ema": G_ema.state_dict()}, {}, rank, strategy.barrier,
+        run_dir,
+        1,
+        lambda state=state: state,
+        {},
+        rank,
+        strategy.barrier,
         collective_save=strategy.save_engine_states,
     )
     step(strategy, phases, G_ema)
@@ -135,7 +153,12 @@ for stage in (3, 1):
     step(strategy, phases, G_ema)
     resumed = record(strategy, phases, G_ema)
     files = sorted(str(p.relative_to(saved)) for p in saved.rglob("*") if p.is_file())
-    results[("resume", stage)] = {"uninterrupted": uninterrupted, "resumed": resumed, "files": files, "shared_keys": sorted(shared)}
+    results[("resume", stage)] = {
+        "uninterrupted": uninterrupted,
+        "resumed": resumed,
+        "files": files,
+        "shared_keys": sorted(shared),
+    }
 
 if rank == 0:
     torch.save(results, sys.argv[1])
