@@ -58,7 +58,7 @@ class Phases:
             real_logits = D(real)
             fake_logits = D(fake)
             loss = self.d_loss(real_logits.float(), fake_logits.float())
-        s.backward_and_step("D", loss)
+        self._record("D", s.backward_and_step("D", loss))
         self.stats.add("loss/D", loss)
         self.stats.add("score/real", real_logits.detach().float().mean())
         self.stats.add("score/fake", fake_logits.detach().float().mean())
@@ -69,8 +69,16 @@ class Phases:
         G = s.train_forward("G")
         with s.frozen("D") as D, s.autocast():
             loss = self.g_loss(D(G(z)).float())
-        s.backward_and_step("G", loss)
+        self._record("G", s.backward_and_step("G", loss))
         self.stats.add("loss/G", loss)
+
+    def _record(self, name: str, step_stats: dict[str, torch.Tensor]) -> None:
+        if not step_stats:  # a micro-batch that did not step (gradient accumulation)
+            return
+        if "grad_norm" in step_stats:
+            self.stats.add(f"grad_norm/{name}", step_stats["grad_norm"])
+        if "skipped" in step_stats:
+            self.stats.add(f"skipped_frac/{name}", step_stats["skipped"])
 
     def step(self, real: torch.Tensor, z_d: torch.Tensor, z_g: torch.Tensor) -> None:
         """One D step then one G step on this rank's batch, each in strategy.accumulation micro-batches."""

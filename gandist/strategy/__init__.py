@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import os
 
-from gandist.config import ConfigError, StrategyConfig
+from gandist.config import StrategyConfig
 from gandist.strategy.base import PRECISIONS, Strategy, make_accelerator, resolve_precision
-from gandist.strategy.launch import StrategyPlan, plan_strategy
+from gandist.strategy.launch import StrategyPlan, check_batch, plan_strategy
 
 __all__ = [
     "PRECISIONS",
     "Strategy",
     "StrategyPlan",
+    "check_batch",
     "make_accelerator",
     "make_strategy",
     "plan_strategy",
@@ -42,12 +43,7 @@ def make_strategy(cfg: StrategyConfig, precision: str, global_batch: int) -> Str
     """
     accelerator = make_accelerator(cfg)
     plan = plan_strategy(cfg, precision, accelerator.num_processes, os.environ)
-    world, accumulation = accelerator.num_processes, plan.gradient_accumulation
-    if global_batch % (world * accumulation):
-        raise ConfigError(
-            f"key 'train.batch' = {global_batch} must divide into {world} process(es) x {accumulation} micro-batches "
-            f"(strategy.gradient_accumulation): use a multiple of {world * accumulation}"
-        )
+    check_batch(global_batch, accelerator.num_processes, plan.gradient_accumulation)
     if plan.name == "deepspeed":
         from gandist.strategy.zero import ZeroStrategy  # imports deepspeed: only when asked for
 

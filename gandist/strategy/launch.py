@@ -184,6 +184,15 @@ def plan_strategy(cfg: StrategyConfig, precision: str, world_size: int, environ:
     )
 
 
+def check_batch(global_batch: int, world_size: int, accumulation: int) -> None:
+    """train.batch must split evenly into processes x micro-batches."""
+    if global_batch % (world_size * accumulation):
+        raise ConfigError(
+            f"key 'train.batch' = {global_batch} must divide into {world_size} process(es) x {accumulation} "
+            f"micro-batches (strategy.gradient_accumulation): use a multiple of {world_size * accumulation}"
+        )
+
+
 def _launch_precision(precision: str, launch_precision: str | None) -> str:
     """train.precision, or the accelerate launch config's mixed_precision when train.precision is auto."""
     launch = (launch_precision or "no").strip().lower()

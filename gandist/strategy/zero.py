@@ -103,15 +103,15 @@ class ZeroStrategy(Strategy):
             dist_init_required=False,
         )
         self.engines[name] = engine
-        base = ds_optimizer.optimizer if own_optimizer and hasattr(ds_optimizer, "optimizer") else optimizer
+        # the torch optimizer that holds param_groups (under ZeRO, DeepSpeed's wrapper keeps it as .optimizer)
+        base = getattr(ds_optimizer, "optimizer", ds_optimizer) if own_optimizer else optimizer
         self.nets[name] = _Net(engine.module, engine, base, self._grad_scaler(engine))
 
-    @staticmethod
-    def _grad_scaler(engine) -> torch.amp.GradScaler:
+    def _grad_scaler(self, engine) -> torch.amp.GradScaler:
         """The engine's fp16 loss scaler (DeepSpeed's torch_autocast GradScaler), or a disabled one."""
         scaler = getattr(engine, "torch_autocast_z0_gradscaler", None)
         scaler = scaler or getattr(engine.optimizer, "torch_autocast_gradscaler", None)
-        return scaler or torch.amp.GradScaler(enabled=False)
+        return scaler or torch.amp.GradScaler(self.device.type, enabled=False)
 
     def backward_and_step(self, name: str, loss: torch.Tensor) -> dict[str, torch.Tensor]:
         """engine.backward + engine.step for one micro-batch; DeepSpeed steps after the last one of a step.

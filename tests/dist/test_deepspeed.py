@@ -67,6 +67,10 @@ def test_zero_step_equals_ddp_step_at_same_global_batch(steps, stage, precision)
     assert_same_step(steps[(stage, precision)], steps[(None, precision)], f"ZeRO-{stage} {precision} vs DDP")
 
 
+def test_optimizer_built_by_deepspeed_from_json_equals_ddp(steps):
+    assert_same_step(steps[("ds_adam", 2)], steps[(None, "fp32")], "ZeRO-2 with DeepSpeed's Adam vs DDP")
+
+
 def test_bf16_autocast_is_really_on(steps):
     fp32, bf16 = steps[(2, "fp32")]["losses"]["loss/D"], steps[(2, "bf16")]["losses"]["loss/D"]
     assert fp32 != bf16 and bf16 == pytest.approx(fp32, rel=1e-2)

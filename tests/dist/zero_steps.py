@@ -1,15 +1,17 @@
-"""One D/G step under DDP and DeepSpeed ZeRO-1/2/3 in one 2-process launch; rank 0 saves every result.
+"""One D/G step under DDP and DeepSpeed ZeRO-0/1/2/3 in one 2-process launch; rank 0 saves every result.
 
     accelerate launch --config_file launch/cpu_2proc.yaml tests/dist/zero_steps.py OUT.pt
 
 Every case starts from the same seeded weights and trains on the same per-rank batches (rank r takes
-slice r of one global batch of 16), so ZeRO-k and DDP at world size 2 must agree. Each case records the
-full (gathered) weights of G, D and G_ema, Adam's first moments ((1 - beta1) = 0.5 x the averaged gradient after one
-step), the losses, a digest of the gathered weights from every rank, and how many of G's parameters
-were really sharded (ZeRO-3 here shards even tiny parameters: zero3_shard_all.json). Also:
-- ZeRO-0, and clipping at a norm far below the gradients' under DDP, ZeRO-2 and ZeRO-3;
+slice r of one global batch of 16), so ZeRO-k and DDP at world size 2 must agree. Each case records
+the full (gathered) weights of G, D and G_ema, Adam's first moments ((1 - beta1) = 0.5 x the averaged
+gradient after one step), the losses, a digest of the gathered weights from every rank, and how many
+of G's parameters were really sharded (ZeRO-3 here shards even tiny ones: zero3_shard_all.json). Also:
+- ZeRO-0; ZeRO-2 with the optimizer built by DeepSpeed from a JSON ("auto" values filled);
+- clipping at a norm far below the gradients' under DDP, ZeRO-2 and ZeRO-3;
 - gradient accumulation: 2 micro-batches of 4 per rank against 1 of 8, nets in eval mode (BatchNorm
-  statistics fixed beforehand from the global batch) so that the micro-batches can hold different images;
+  statistics fixed beforehand from the global batch) so that the micro-batches can hold different
+  images;
 - resume: ZeRO-3 and ZeRO-1 save after one step (checkpoint.py with the engines' shards), step again;
   fresh engines load the checkpoint and repeat the second step.
 """
@@ -45,11 +47,13 @@ per_rank = GLOBAL_BATCH // world
 MINE = slice(rank * per_rank, (rank + 1) * per_rank)
 
 
-def make_strategy(stage: int | None, precision: str, accumulation: int = 1, clip: float = 0.0) -> Strategy:
+def make_strategy(
+    stage: int | None, precision: str, accumulation: int = 1, clip: float = 0.0, ds_json: str = SHARD_ALL
+) -> Strategy:
     if stage is None:
         return Strategy(accelerator, precision, accumulation, clip)
     s_cfg = StrategyConfig(name="deepspeed", zero_stage=stage, gradient_accumulation=accumulation, grad_clip=clip)
-    s_cfg.deepspeed_config = SHARD_ALL
+    s_cfg.deepspeed_config = ds_json
     return ZeroStrategy(accelerator, plan_strategy(s_cfg, precision, world, os.environ), GLOBAL_BATCH)
 
 
@@ -63,8 +67,8 @@ def fix_batchnorm(G: torch.nn.Module, D: torch.nn.Module) -> None:
     G.eval(), D.eval()
 
 
-def build(stage: int | None, precision: str, accumulation: int = 1, eval_mode: bool = False, clip: float = 0.0):
-    strategy = make_strategy(stage, precision, accumulation, clip)
+def build(stage: int | None, precision: str, accumulation: int = 1, eval_mode: bool = False, clip: float = 0.0, **kw):
+    strategy = make_strategy(stage, precision, accumulation, clip, **kw)
     G, D = build_nets(cfg)
     if eval_mode:
         fix_batchnorm(G, D)
@@ -119,6 +123,8 @@ for stage in (None, 1, 2, 3):
         results[(stage, precision)] = record(strategy, phases, G_ema)
 
 results[(0, "fp32")] = record(*run_one(*build(0, "fp32")))
+ds_adam = str(Path(__file__).with_name("zero2_deepspeed_adam.json"))  # DeepSpeed builds the optimizer, "auto" filled
+results[("ds_adam", 2)] = record(*run_one(*build(2, "fp32", ds_json=ds_adam)))
 for stage in (None, 2, 3):  # clipping at a norm far below the gradients' (about 1-10)
     results[("clip", stage)] = record(*run_one(*build(stage, "fp32", clip=0.01)))
 
