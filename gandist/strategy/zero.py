@@ -5,7 +5,10 @@ What shared/DESIGN.md found by running it, and this module follows:
   multi-model DeepSpeed path (it steps only the first engine);
 - in the G phase D is called through its raw module (`engine.module`) with requires_grad off: through the
   D engine, or with D trainable, ZeRO fails or leaks G's gradients into D;
-- precision is torch autocast around fp32 engines (see zero_config.py);
+- precision is torch autocast around fp32 engines (see zero_config.py); under fp16 each engine gets a
+  dynamic loss scale of ours (LossScale). DeepSpeed 0.19's own `torch_autocast` GradScaler under ZeRO
+  never lowers its scale after an overflow (DeepSpeed skips the step before the scaler sees it), so
+  every later step overflows too (found on CPU, where torch 2.13 autocast does run fp16 kernels);
 - every rank takes part in saving, and the two engines save to different folders (`ds_G/`, `ds_D/`).
 
 Under ZeRO-3 each rank holds only a shard of each parameter: `gathered(name)` all-gathers them for
@@ -31,6 +34,49 @@ from gandist.strategy.launch import StrategyPlan
 from gandist.strategy.zero_config import build_deepspeed_config
 
 TAG = "state"  # DeepSpeed's checkpoint tag: one engine state per checkpoint folder
+
+
+class LossScale:
+    """A dynamic fp16 loss scale for one engine, moved by torch GradScaler's rules.
+
+    Under ZeRO 1-3 DeepSpeed's optimizer does the rest once given the scale (`override_loss_scale`): it
+    multiplies the loss in backward, detects inf/NaN gradients from the all-reduced gradient norm (so every
+    rank agrees), unscales and clips with it, and skips the step on overflow. Under ZeRO-0 the strategy
+    does the same on the whole, all-reduced gradients. This only moves the scale: halve it after a skipped
+    step, double it after `growth_interval` good steps in a row.
+    """
+
+    def __init__(self, enabled: bool, init_scale: float = 2.0**16, growth_interval: int = 2000):
+        self.enabled = enabled
+        self.scale = init_scale
+        self.growth_interval = growth_interval
+        self.good_steps = 0
+
+    def is_enabled(self) -> bool:
+        """Whether the scale is in use (fp16)."""
+        return self.enabled
+
+    def get_scale(self) -> float:
+        """The current scale."""
+        return self.scale if self.enabled else 1.0
+
+    def update(self, overflow: bool) -> None:
+        """After an optimizer step: halve on overflow (the step was skipped), else count towards growth."""
+        if overflow:
+            self.scale, self.good_steps = max(self.scale * 0.5, 1.0), 0
+            return
+        self.good_steps += 1
+        if self.good_steps == self.growth_interval:
+            self.scale, self.good_steps = self.scale * 2.0, 0
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps."""
+        return {"scale": self.scale, "good_steps": self.good_steps} if self.enabled else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from state_dict()."""
+        if state:
+            self.scale, self.good_steps = state["scale"], state["good_steps"]
 
 
 def _import_deepspeed():
@@ -83,15 +129,17 @@ class ZeroStrategy(Strategy):
     def add(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Build this net's engine; its optimizer is the one handed in unless the JSON defines one."""
         group = optimizer.param_groups[0]
+        base_config = dict(self.plan.deepspeed_json)
+        if self.zero_stage == 0:  # ZeRO-0 clips in _unscale_whole_gradients (DeepSpeed's clip fails on skipped steps)
+            base_config.pop("gradient_clipping", None)
         config = build_deepspeed_config(
-            self.plan.deepspeed_json,
+            base_config,
             source=f"file {self.plan.deepspeed_json_path!r}" if self.plan.deepspeed_json_path else "",
             zero_stage=self.zero_stage,
             micro_batch=self.micro_batch,
             accumulation=self.accumulation,
             world_size=self.world_size,
-            grad_clip=self.grad_clip,
-            precision=self.precision,
+            grad_clip=self.grad_clip if self.zero_stage > 0 else 0.0,
             optimizer_defaults={k: group[k] for k in ("lr", "betas", "eps", "weight_decay") if k in group},
         )
         own_optimizer = "optimizer" in config
@@ -105,41 +153,56 @@ class ZeroStrategy(Strategy):
         self.engines[name] = engine
         # the torch optimizer that holds param_groups (under ZeRO, DeepSpeed's wrapper keeps it as .optimizer)
         base = getattr(ds_optimizer, "optimizer", ds_optimizer) if own_optimizer else optimizer
-        self.nets[name] = _Net(engine.module, engine, base, self._grad_scaler(engine))
-
-    def _grad_scaler(self, engine) -> torch.amp.GradScaler:
-        """The engine's fp16 loss scaler (DeepSpeed's torch_autocast GradScaler), or a disabled one."""
-        scaler = getattr(engine, "torch_autocast_z0_gradscaler", None)
-        scaler = scaler or getattr(engine.optimizer, "torch_autocast_gradscaler", None)
-        return scaler or torch.amp.GradScaler(self.device.type, enabled=False)
+        self.nets[name] = _Net(engine.module, engine, base, LossScale(enabled=self.precision == "fp16"))
 
     def backward_and_step(self, name: str, loss: torch.Tensor) -> dict[str, torch.Tensor]:
         """engine.backward + engine.step for one micro-batch; DeepSpeed steps after the last one of a step.
 
-        Returns, on the micro-batch that stepped: the gradient norm (when DeepSpeed computed one) and,
-        under fp16, whether the engine's loss scaler skipped the step.
+        Returns, on the micro-batch that stepped: the gradient norm (unscaled, before clipping) and, under
+        fp16, whether the step was skipped for inf/NaN gradients.
         """
         engine = self.engines[name]
+        scale: LossScale = self.nets[name].scaler
         boundary = engine.is_gradient_accumulation_boundary()
+        if scale.is_enabled() and self.zero_stage > 0:
+            engine.optimizer.override_loss_scale(scale.get_scale())
+        elif scale.is_enabled():
+            loss = loss * scale.get_scale()
         engine.backward(loss)
-        scaler = self.nets[name].scaler
-        scale_before = scaler._scale.clone() if boundary and scaler.is_enabled() and scaler._scale is not None else None
-        norm = None
-        if boundary and self.zero_stage == 0:  # DeepSpeed reports no norm without ZeRO: the all-reduced grads are whole
-            grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads) if grads else None
-            if norm is not None and scale_before is not None:
-                norm = norm / scale_before
+        norm, overflow = None, False
+        if boundary and self.zero_stage == 0:
+            norm, overflow = self._unscale_whole_gradients(engine, scale)
         engine.step()
         if not boundary:
             return {}
         out: dict[str, torch.Tensor] = {}
-        norm = engine.get_global_grad_norm() if norm is None else norm
+        if self.zero_stage > 0:
+            norm = engine.get_global_grad_norm()
+            overflow = not engine.was_step_applied()
         if norm is not None:
             out["grad_norm"] = torch.as_tensor(norm, dtype=torch.float32).to(self.device)
-        if scale_before is not None:
-            out["skipped"] = (scaler._scale < scale_before).float()
+        if scale.is_enabled():
+            scale.update(overflow)
+            out["skipped"] = torch.tensor(float(overflow), device=self.device)
         return out
+
+    def _unscale_whole_gradients(self, engine, scale: LossScale) -> tuple[torch.Tensor | None, bool]:
+        """ZeRO-0: unscale and clip the all-reduced (identical on every rank) gradients, as DDP does; on
+        inf/NaN drop them, so that the engine's optimizer step leaves parameters and Adam's state as they are."""
+        params = [p for p in engine.module.parameters() if p.grad is not None]
+        if not params:
+            return None, False
+        grads = [p.grad for p in params]
+        if scale.is_enabled():
+            torch._foreach_mul_(grads, 1.0 / scale.get_scale())
+        norm = torch.nn.utils.get_total_norm(grads)
+        overflow = scale.is_enabled() and not bool(torch.isfinite(norm))
+        if overflow:
+            for p in params:
+                p.grad = None
+        elif self.grad_clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
+        return norm, overflow
 
     @contextlib.contextmanager
     def gathered(self, name: str) -> Iterator[nn.Module]:
@@ -161,6 +224,8 @@ class ZeroStrategy(Strategy):
             with self.gathered(name) as module:
                 if self.is_main:
                     state[name] = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        for name, net in self.nets.items():
+            state[f"scaler_{name}"] = net.scaler.state_dict()  # DeepSpeed's checkpoint does not hold our scale
         state["strategy"] = {"name": "deepspeed", "zero_stage": self.zero_stage, "world_size": self.world_size}
         return state
 
@@ -182,3 +247,5 @@ class ZeroStrategy(Strategy):
             load_path, _ = engine.load_checkpoint(str(path), tag=TAG, load_lr_scheduler_states=False)
             if load_path is None:
                 raise RuntimeError(f"DeepSpeed could not load {path / TAG} for {name}")
+            if shared.get(f"scaler_{name}"):
+                self.nets[name].scaler.load_state_dict(shared[f"scaler_{name}"])

@@ -3,9 +3,9 @@
 Batch sizes, gradient accumulation, the ZeRO stage and clipping always come from gandist (the JSON may
 say "auto" or the same number). Precision never uses DeepSpeed's `bf16`/`fp16` sections: they cast the
 model to half precision while BatchNorm's running statistics stay fp32 ("Expected running_mean to have
-type BFloat16 but got Float", shared/DESIGN.md). bf16 runs an fp32 engine inside gandist's torch autocast;
-fp16 adds DeepSpeed's `torch_autocast` section, which keeps fp32 master weights and gives each engine its
-own dynamic loss scale (a torch GradScaler).
+type BFloat16 but got Float", shared/DESIGN.md), nor its `torch_autocast` section (its fp16 loss scale
+never recovers from an overflow under ZeRO): bf16 and fp16 run fp32 engines inside gandist's torch
+autocast, and fp16 gets gandist's dynamic loss scale (zero.py).
 """
 
 from __future__ import annotations
@@ -28,14 +28,13 @@ def build_deepspeed_config(
     accumulation: int,
     world_size: int,
     grad_clip: float,
-    precision: str,
     optimizer_defaults: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A complete DeepSpeed config dict for one net.
 
-    base: the user's JSON (may be empty); source: where it came from, for messages; precision: fp32, bf16
-    or fp16 (already resolved); optimizer_defaults: lr, betas, eps, weight_decay filling "auto" in the
-    JSON's `optimizer.params` (used only when the JSON defines an optimizer).
+    base: the user's JSON (may be empty); source: where it came from, for messages; optimizer_defaults:
+    lr, betas, eps, weight_decay filling "auto" in the JSON's `optimizer.params` (used only when the JSON
+    defines an optimizer).
     """
     cfg = copy.deepcopy(base)
     where = source or "the generated DeepSpeed config"
@@ -62,8 +61,6 @@ def build_deepspeed_config(
         raise ConfigError(f"{where}: remove the 'torch_autocast' section and set train.precision instead")
     if "scheduler" in cfg:
         raise ConfigError(f"{where}: a 'scheduler' section is not supported (gandist keeps the learning rate constant)")
-    if precision == "fp16":
-        cfg["torch_autocast"] = {"enabled": True, "dtype": "torch.float16"}
     if isinstance(cfg.get("optimizer"), dict):
         params = cfg["optimizer"].setdefault("params", {})
         for key, value in (optimizer_defaults or {}).items():

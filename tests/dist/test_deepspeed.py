@@ -86,6 +86,20 @@ def test_clipping_equals_ddp_clipping(steps, stage):
     assert torch.cat([t.flatten() for t in steps[(None, "fp32")]["exp_avg_D"]]).norm().item() > 10 * norm
 
 
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_fp16_loss_scale_skips_and_recovers_like_ddp(steps, stage):
+    """Each engine's dynamic loss scale starts at 2**16, skips the overflowing steps, backs off, then trains."""
+    case, ddp = steps[("fp16_cpu", stage)], steps[("fp16_cpu", None)]
+    for net in ("G", "D"):
+        assert case[f"skipped/{net}"] == ddp[f"skipped/{net}"], net
+    assert sum(case["skipped/D"]) >= 1 and case["skipped/D"][-1] == 0, case["skipped/D"]  # skipped, then recovered
+    assert case["scale"] == ddp["scale"] and all(s < 2.0**16 for s in case["scale"])
+    for net in ("G", "D"):
+        assert len(set(case[f"digests_{net}"])) == 1
+        for k, v in ddp[net].items():
+            close(case[net][k], v, f"fp16 ZeRO-{stage} vs DDP: {net}.{k}")
+
+
 @pytest.mark.parametrize("stage", [None, 2])
 def test_gradient_accumulation_equals_twice_the_micro_batch(steps, stage):
     one, two = steps[("accumulation", stage, 1)], steps[("accumulation", stage, 2)]

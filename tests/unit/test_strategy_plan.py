@@ -98,7 +98,7 @@ def test_fp16_needs_a_gpu():
 
 def _build(base: dict, **kw) -> dict:
     args = dict(source="test.json", zero_stage=2, micro_batch=8, accumulation=2, world_size=4, grad_clip=0.0)
-    return build_deepspeed_config(base, **{**args, "precision": "fp32", **kw})
+    return build_deepspeed_config(base, **{**args, **kw})
 
 
 def test_generated_config_carries_gandist_settings():
@@ -106,10 +106,7 @@ def test_generated_config_carries_gandist_settings():
     assert cfg["train_micro_batch_size_per_gpu"] == 8 and cfg["gradient_accumulation_steps"] == 2
     assert cfg["train_batch_size"] == 64 and cfg["gradient_clipping"] == 1.5
     assert cfg["zero_optimization"]["stage"] == 2
-    assert "fp16" not in cfg and "bf16" not in cfg and "torch_autocast" not in cfg
-    # fp16: DeepSpeed's torch autocast (fp32 master weights, one dynamic loss scale per engine), never its fp16 cast
-    assert _build({}, precision="fp16")["torch_autocast"] == {"enabled": True, "dtype": "torch.float16"}
-    assert "torch_autocast" not in _build({}, precision="bf16")  # bf16: gandist's own autocast, fp32 engines
+    assert "fp16" not in cfg and "bf16" not in cfg and "torch_autocast" not in cfg  # engines stay fp32
 
 
 def test_json_values_conflicting_with_gandist_are_errors():
