@@ -34,10 +34,9 @@ def test_zero_step_on_one_gpu_matches_the_single_process_step(steps, stage, prec
     case, single = steps[(stage, precision)], steps[(None, precision)]
     assert steps["world"] == 1 and case["kind"] == "ZeroStrategy"
     assert all(math.isfinite(v) for v in case["losses"].values())
-    # same autocast kernels; fp16 differs by DeepSpeed reducing fp16 gradients in its buckets
-    assert_same_step(
-        case, single, f"ZeRO-{stage} {precision} vs one process", rtol=1e-2 if precision == "fp16" else 1e-4
-    )
+    # the same autocast kernels and fp32 gradient reductions (bit-identical on CPU); cuDNN may choose other kernels
+    rtol = 1e-3 if precision == "fp16" else 1e-4
+    assert_same_step(case, single, f"ZeRO-{stage} {precision} vs one process", rtol=rtol)
 
 
 @pytest.mark.parametrize("stage", [2, 3])
