@@ -92,6 +92,7 @@ class _Net:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     micro_steps: int = 0
+    bad_loss: torch.Tensor | None = None  # a non-finite loss among this step's micro-batches (guard)
 
 
 class Strategy:
@@ -170,28 +171,42 @@ class Strategy:
         """Autocast context for forward passes at the run's precision."""
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
 
-    def backward_and_step(self, name: str, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    def backward_and_step(self, name: str, loss: torch.Tensor, guard: bool = False) -> dict[str, torch.Tensor]:
         """Backward one micro-batch's loss into this net's gradients; after the last micro-batch of a step,
         clip, step its optimizer and clear the gradients.
 
-        Returns device tensors (no host sync) on the micro-batch that stepped, else {}: the gradient norm
-        (unscaled, before clipping) and, under fp16, whether the scaler skipped the step (inf/NaN gradients).
+        Returns device tensors on the micro-batch that stepped, else {}: the gradient norm (unscaled,
+        before clipping) and, under fp16, whether the scaler skipped the step (inf/NaN gradients). With
+        `guard`, a loss or gradient that is not finite on ANY rank makes every rank skip the step
+        ("nonfinite" is then 1); this costs one small all-reduce and one host sync.
         """
         net = self.nets[name]
         net.micro_steps += 1
+        if guard:
+            bad = ~torch.isfinite(loss.detach().float())
+            net.bad_loss = bad if net.bad_loss is None else net.bad_loss | bad
         # DDP all-reduces at every micro-batch here: the same sum as accumulating locally, with simpler code.
         net.scaler.scale(loss / self.accumulation).backward()
         if net.micro_steps % self.accumulation:
             return {}
         net.scaler.unscale_(net.optimizer)
         params = [p for p in net.module.parameters() if p.grad is not None]
-        if not params:
-            norm = torch.zeros((), device=self.device)
-        elif self.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        norm = (
+            torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros((), device=self.device)
+        )
         out = {"grad_norm": norm}
+        if guard:
+            bad = (net.bad_loss | ~torch.isfinite(norm)).float().reshape(1)
+            net.bad_loss = None
+            out["nonfinite"] = self.reduce_max(bad)[0]
+            if out["nonfinite"].item() > 0:
+                if net.scaler.is_enabled():  # let the scaler see the overflow and lower its scale
+                    net.scaler.step(net.optimizer)
+                    net.scaler.update()
+                net.optimizer.zero_grad(set_to_none=True)
+                return out
+        if self.grad_clip > 0 and params:
+            torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
         scale_before = net.scaler._scale.clone() if net.scaler.is_enabled() else None
         net.scaler.step(net.optimizer)
         net.scaler.update()
@@ -241,6 +256,19 @@ class Strategy:
         if self.world_size == 1:
             return tensor
         return self.accelerator.reduce(tensor.clone(), reduction="mean")
+
+    def reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Element-wise max over all ranks (a collective: every rank must call it)."""
+        if self.world_size == 1:
+            return tensor
+        tensor = tensor.clone()
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return tensor
+
+    def all_ok(self, ok: bool) -> bool:
+        """True on every rank iff `ok` is True on every rank (a collective)."""
+        flag = torch.tensor([0.0 if ok else 1.0], device=self.device)
+        return self.reduce_max(flag).item() == 0
 
     def sync_buffers(self, module: nn.Module) -> None:
         """Copy rank 0's buffers (BatchNorm running statistics) to every rank.

@@ -155,15 +155,20 @@ class ZeroStrategy(Strategy):
         base = getattr(ds_optimizer, "optimizer", ds_optimizer) if own_optimizer else optimizer
         self.nets[name] = _Net(engine.module, engine, base, LossScale(enabled=self.precision == "fp16"))
 
-    def backward_and_step(self, name: str, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    def backward_and_step(self, name: str, loss: torch.Tensor, guard: bool = False) -> dict[str, torch.Tensor]:
         """engine.backward + engine.step for one micro-batch; DeepSpeed steps after the last one of a step.
 
-        Returns, on the micro-batch that stepped: the gradient norm (unscaled, before clipping) and, under
-        fp16, whether the step was skipped for inf/NaN gradients.
+        Returns, on the micro-batch that stepped: the gradient norm (unscaled, before clipping), under
+        fp16 whether the step was skipped for inf/NaN gradients, and with `guard` "nonfinite": 1 when a
+        loss or gradient was not finite on any rank (every rank then skipped the step). Under ZeRO 1-3
+        DeepSpeed skips a step with a non-finite global gradient norm by itself, guard or not.
         """
-        engine = self.engines[name]
-        scale: LossScale = self.nets[name].scaler
+        engine, net = self.engines[name], self.nets[name]
+        scale: LossScale = net.scaler
         boundary = engine.is_gradient_accumulation_boundary()
+        if guard:
+            bad = ~torch.isfinite(loss.detach().float())
+            net.bad_loss = bad if net.bad_loss is None else net.bad_loss | bad
         if scale.is_enabled() and self.zero_stage > 0:
             engine.optimizer.override_loss_scale(scale.get_scale())
         elif scale.is_enabled():
@@ -171,7 +176,7 @@ class ZeroStrategy(Strategy):
         engine.backward(loss)
         norm, overflow = None, False
         if boundary and self.zero_stage == 0:
-            norm, overflow = self._unscale_whole_gradients(engine, scale)
+            norm, overflow = self._unscale_whole_gradients(engine, scale, check=guard or scale.is_enabled())
         engine.step()
         if not boundary:
             return {}
@@ -184,11 +189,16 @@ class ZeroStrategy(Strategy):
         if scale.is_enabled():
             scale.update(overflow)
             out["skipped"] = torch.tensor(float(overflow), device=self.device)
+        if guard:
+            bad = (net.bad_loss | overflow).float().reshape(1)
+            net.bad_loss = None
+            out["nonfinite"] = self.reduce_max(bad)[0]
         return out
 
-    def _unscale_whole_gradients(self, engine, scale: LossScale) -> tuple[torch.Tensor | None, bool]:
-        """ZeRO-0: unscale and clip the all-reduced (identical on every rank) gradients, as DDP does; on
-        inf/NaN drop them, so that the engine's optimizer step leaves parameters and Adam's state as they are."""
+    def _unscale_whole_gradients(self, engine, scale: LossScale, check: bool) -> tuple[torch.Tensor | None, bool]:
+        """ZeRO-0: unscale and clip the all-reduced (identical on every rank) gradients, as DDP does; with
+        `check`, drop them on inf/NaN, so that the engine's optimizer step leaves parameters and Adam's
+        state as they are."""
         params = [p for p in engine.module.parameters() if p.grad is not None]
         if not params:
             return None, False
@@ -196,7 +206,7 @@ class ZeroStrategy(Strategy):
         if scale.is_enabled():
             torch._foreach_mul_(grads, 1.0 / scale.get_scale())
         norm = torch.nn.utils.get_total_norm(grads)
-        overflow = scale.is_enabled() and not bool(torch.isfinite(norm))
+        overflow = check and not bool(torch.isfinite(norm))
         if overflow:
             for p in params:
                 p.grad = None

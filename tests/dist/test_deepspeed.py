@@ -86,6 +86,13 @@ def test_clipping_equals_ddp_clipping(steps, stage):
     assert torch.cat([t.flatten() for t in steps[(None, "fp32")]["exp_avg_D"]]).norm().item() > 10 * norm
 
 
+@pytest.mark.parametrize("stage", [None, 0, 1, 3])
+def test_nonfinite_guard_skips_the_step_on_every_rank(steps, stage):
+    case = steps[("guard", stage)]
+    assert case["nonfinite"] == [1.0, 0.0]  # reported on both ranks (rank 0 saved it; its own loss was finite)
+    assert case["unchanged"] and case["moved"] and len(set(case["digests"])) == 1
+
+
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_fp16_loss_scale_skips_and_recovers_like_ddp(steps, stage):
     """Each engine's dynamic loss scale starts at 2**16, skips the overflowing steps, backs off, then trains."""

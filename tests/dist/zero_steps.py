@@ -13,6 +13,7 @@ of G's parameters were really sharded (ZeRO-3 here shards even tiny ones: zero3_
 - gradient accumulation: 2 micro-batches of 4 per rank against 1 of 8, nets in eval mode (BatchNorm
   statistics fixed beforehand from the global batch) so that the micro-batches can hold different
   images;
+- the non-finite guard: a NaN D loss on rank 1 only, under DDP and ZeRO-0/1/3;
 - fp16 on CPU: 6 steps under DDP and ZeRO-0..3, recording which steps the loss scale skipped;
 - resume: ZeRO-3 and ZeRO-1 save after one step (checkpoint.py with the engines' shards), step again;
   fresh engines load the checkpoint and repeat the second step.
@@ -173,6 +174,27 @@ for stage in (3, 1):
         "files": files,
         "shared_keys": sorted(shared),
     }
+
+
+def D_weights(strategy: Strategy) -> list[torch.Tensor]:
+    with strategy.gathered("D") as D:
+        return [p.detach().cpu().clone() for p in D.parameters()]
+
+
+for stage in (None, 0, 1, 3):  # the non-finite guard: a NaN loss on rank 1 only makes both ranks skip
+    strategy, phases, G_ema = build(stage, "fp32")
+    flags, weights = [], [D_weights(strategy)]
+    for poison in (True, False):
+        with strategy.autocast():
+            loss = strategy.train_forward("D")(REAL[MINE]).mean()
+        if poison and rank == 1:
+            loss = loss * float("nan")
+        flags.append(strategy.backward_and_step("D", loss, guard=True)["nonfinite"].item())
+        weights.append(D_weights(strategy))
+    unchanged = all(torch.equal(a, b) for a, b in zip(weights[0], weights[1]))
+    moved = all(torch.isfinite(b).all() and not torch.equal(a, b) for a, b in zip(weights[1], weights[2]))
+    digest = gather_object([str([w.sum().item() for w in weights[2]])])
+    results[("guard", stage)] = {"nonfinite": flags, "unchanged": unchanged, "moved": moved, "digests": digest}
 
 if device.type == "cpu":
     # fp16 loss scaling: torch 2.13 runs fp16 autocast kernels on CPU, so the dynamic loss scale (overflows
