@@ -297,8 +297,8 @@ def _train(cfg: Config, strategy: Strategy) -> Path:
     write_grid()
     final = save(step)
     with strategy.gathered("G") as G_full, strategy.gathered("D") as D_full:
-        mine = {"rank": rank, "G": param_digest(G_full), "D": param_digest(D_full), "G_ema": param_digest(G_ema)}
-    digests = gather_object([mine])
+        my_digests = {"rank": rank, "G": param_digest(G_full), "D": param_digest(D_full), "G_ema": param_digest(G_ema)}
+    digests = gather_object([my_digests])
     if strategy.is_main:
         in_sync = all(d[k] == digests[0][k] for d in digests for k in ("G", "D", "G_ema"))
         summary = {
