@@ -3,6 +3,8 @@
 
     python benchmarks/step_speed.py                       # DCGAN 32 px, batch 64, fp32 on this machine
     python benchmarks/step_speed.py --res 64 --batch 256 --precision bf16 --steps 100
+    python benchmarks/step_speed.py --strategy zero2 --skip-train      # DeepSpeed ZeRO-2 engines, one process
+    python benchmarks/step_speed.py --strategy zero3 --nproc 2         # 2 processes, --batch per process
 
 Three measurements, each in its own process with the same thread count, interleaved and repeated
 (median of --repeats) so that machine noise hits all alike:
@@ -14,7 +16,13 @@ Three measurements, each in its own process with the same thread count, interlea
   train+X    the same with tracker X on (--tracking wandb: an offline W&B run)
 
 Same model (DCGAN, width 64, 3 channels: the parameter counts of plain_gan.py), batch and
-precision. Prints one JSON line per measurement, then one summary line with the ratios.
+precision. --strategy picks how gandist holds the nets (single, ddp, zero0-zero3: DeepSpeed engines);
+with --nproc N the synthetic step runs on N processes (accelerate launch, --batch images per process)
+and its images/s are per process, comparable with the one-process plain loop at the same batch.
+Prints one JSON line per measurement, then one summary line with the ratios and, for the synthetic
+step, what rank 0 holds for G and D: parameter, fp32 master-copy and optimizer-state bytes (ZeRO
+shards them: optimizer states / N from stage 1, parameters / N at stage 3) and, on CUDA, the
+allocated memory after set-up and the peak.
 """
 
 from __future__ import annotations
@@ -41,22 +49,24 @@ def synthetic_worker(a: argparse.Namespace) -> None:
     from gandist.ema import ema_beta, make_ema, update_ema
     from gandist.loop import Phases, build_nets, make_optimizer
     from gandist.losses import get_losses
-    from gandist.strategy import Strategy, make_accelerator
+    from gandist.strategy import make_strategy
     from gandist.tracking import TickStats
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     cfg = load_config(
         None,
         [
             f"model.resolution={a.res}",
             "model.channels=3",
-            f"train.batch={a.batch}",
+            f"train.batch={a.batch * world}",
             f"train.precision={a.precision}",
             f"train.channels_last={a.channels_last}",
+            *strategy_overrides(a.strategy),
         ],
     )
-    strategy = Strategy(make_accelerator(cfg.strategy), cfg.train.precision)
+    strategy = make_strategy(cfg.strategy, cfg.train.precision, cfg.train.batch)
     device = strategy.device
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
     G, D = build_nets(cfg)
@@ -67,11 +77,17 @@ def synthetic_worker(a: argparse.Namespace) -> None:
     phases = Phases(strategy, *get_losses("nonsaturating"), TickStats(device))
     real = (torch.rand(a.batch, 3, a.res, a.res, device=device) * 2 - 1).contiguous(memory_format=fmt)
     noise = torch.Generator(device=device).manual_seed(1)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    memory = (
+        {"setup_allocated_mib": round(torch.cuda.memory_allocated(device) / 2**20, 1)} if device.type == "cuda" else {}
+    )
 
     def step(nimg: int) -> None:
-        phases.d_phase(real, torch.randn(a.batch, 100, device=device, generator=noise))
-        phases.g_phase(torch.randn(a.batch, 100, device=device, generator=noise))
-        update_ema(G_ema, G, ema_beta(a.batch, nimg, 10.0, 0.05))
+        z_d = torch.randn(a.batch, 100, device=device, generator=noise)
+        phases.step(real, z_d, torch.randn(a.batch, 100, device=device, generator=noise))
+        with strategy.gathered("G") as G_full:
+            update_ema(G_ema, G_full, ema_beta(a.batch, nimg, 10.0, 0.05))
 
     def sync() -> None:
         if device.type == "cuda":
@@ -86,7 +102,41 @@ def synthetic_worker(a: argparse.Namespace) -> None:
     sync()
     dt = time.perf_counter() - t0
     phases.stats.means(strategy.reduce_mean)
-    print(json.dumps({"images_per_s": round(a.batch * a.steps / dt, 1), "step_ms": round(1000 * dt / a.steps, 3)}))
+    if device.type == "cuda":
+        memory["peak_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    held = held_mib(strategy)
+    result = {"images_per_s": round(a.batch * a.steps / dt, 1), "step_ms": round(1000 * dt / a.steps, 3)}
+    result.update(world_size=strategy.world_size, strategy=strategy.describe(), **held, **memory)
+    if strategy.is_main:
+        print(json.dumps(result))
+    strategy.close()
+
+
+def strategy_overrides(name: str) -> list[str]:
+    """gandist config overrides for a --strategy choice."""
+    if name.startswith("zero"):
+        return ["strategy.name=deepspeed", f"strategy.zero_stage={name[4:]}"]
+    return [f"strategy.name={name}"]
+
+
+def held_mib(strategy) -> dict[str, float]:
+    """MiB this rank holds for G and D: parameters (local shards under ZeRO-3), fp32 master copies that
+    are not the parameters themselves (ZeRO's flat partitions), and optimizer states."""
+    import torch
+
+    out = {"param_mib": 0, "master_mib": 0, "optimizer_state_mib": 0}
+    for name in ("G", "D"):
+        params = list(strategy.module(name).parameters())
+        own = {id(p) for p in params}
+        out["param_mib"] += sum(getattr(p, "ds_tensor", p).numel() * p.element_size() for p in params)
+        optimizer = strategy.optimizer(name)
+        for group in optimizer.param_groups:
+            out["master_mib"] += sum(q.numel() * q.element_size() for q in group["params"] if id(q) not in own)
+        for state in optimizer.state.values():
+            out["optimizer_state_mib"] += sum(
+                t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor) and t.dim() > 0
+            )
+    return {k: round(v / 2**20, 3) for k, v in out.items()}
 
 
 def _child_env(threads: int) -> dict:
@@ -119,9 +169,38 @@ def run_plain(a: argparse.Namespace) -> float:
     return json.loads(out.strip().splitlines()[-1])["images_per_s"]
 
 
+def _launch(nproc: int) -> list[str]:
+    """How to start the synthetic worker: one process, or `accelerate launch` of nproc processes."""
+    if nproc == 1:
+        return [sys.executable]
+    import socket
+
+    import torch
+
+    config = "gpus_1node.yaml" if torch.cuda.is_available() else "cpu_2proc.yaml"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    config_file = str(ROOT / "launch" / config)
+    return [
+        accelerate,
+        "launch",
+        "--config_file",
+        config_file,
+        "--num_processes",
+        str(nproc),
+        "--main_process_port",
+        str(port),
+    ]
+
+
+HELD: dict[str, float] = {}
+
+
 def run_synthetic(a: argparse.Namespace) -> float:
     cmd = [
-        sys.executable,
+        *_launch(a.nproc),
         __file__,
         "--worker",
         "synthetic",
@@ -137,11 +216,15 @@ def run_synthetic(a: argparse.Namespace) -> float:
         a.precision,
         "--threads",
         str(a.threads),
+        "--strategy",
+        a.strategy,
     ]
     if a.channels_last:
         cmd.append("--channels-last")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=_child_env(a.threads)).stdout
-    return json.loads(out.strip().splitlines()[-1])["images_per_s"]
+    result = json.loads([x for x in out.strip().splitlines() if x.startswith("{")][-1])
+    HELD.update({k: v for k, v in result.items() if k not in ("images_per_s", "step_ms")})
+    return result["images_per_s"]
 
 
 def run_train(a: argparse.Namespace, report_to: str = "none") -> float:
@@ -165,6 +248,7 @@ def run_train(a: argparse.Namespace, report_to: str = "none") -> float:
             f"train.channels_last={a.channels_last}",
             f"data.num_workers={a.workers}",
             f"tracking.report_to={report_to}",
+            *strategy_overrides(a.strategy),
         ]
         if a.res != 32:
             raise SystemExit("--mode train reads the embedded 32 px shards: use --res 32 or --skip-train")
@@ -195,8 +279,19 @@ def main() -> None:
         choices=["", "wandb", "tensorboard"],
         help="also run the train mode with this tracker on (offline) and report the ratio to tracking off",
     )
+    p.add_argument(
+        "--strategy",
+        default="single",
+        choices=["single", "ddp", "zero0", "zero1", "zero2", "zero3"],
+        help="how gandist holds G and D: one process, DDP, or DeepSpeed ZeRO stage 0-3 (one engine per net)",
+    )
+    p.add_argument("--nproc", type=int, default=1, help="processes for the synthetic step (--batch per process)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.strategy in ("single", "ddp") and (a.nproc > 1) != (a.strategy == "ddp"):
+        raise SystemExit("--strategy ddp needs --nproc >= 2, --strategy single needs --nproc 1")
+    if a.nproc > 1 and not a.skip_train:
+        raise SystemExit("--nproc > 1 measures the synthetic step only: add --skip-train")
     if a.worker == "synthetic":
         synthetic_worker(a)
         return
@@ -217,11 +312,14 @@ def main() -> None:
     summary = {
         "res": a.res,
         "batch": a.batch,
+        "strategy": a.strategy,
+        "nproc": a.nproc,
         "precision": a.precision,
         "channels_last": a.channels_last,
         "threads": a.threads or "default",
         **{f"{k}_images_per_s": round(v, 1) for k, v in med.items()},
         **{f"ratio_{k}_to_plain": round(v / med["plain"], 3) for k, v in med.items() if k != "plain"},
+        **{f"synthetic_{k}": v for k, v in HELD.items()},
     }
     if a.tracking and "train" in med:
         summary[f"ratio_tracking_{a.tracking}_on_to_off"] = round(med[f"train+{a.tracking}"] / med["train"], 3)

@@ -64,13 +64,16 @@ def save_checkpoint(
     all_ok: Callable[[bool], bool],
     keep: int = 3,
     delay_s: float = 0.0,
+    collective_save: Callable[[Path], None] | None = None,
 ) -> Path:
     """Collectively write checkpoint `step`: rank 0 writes `shared_state()`, every rank its `rank_state`.
 
     Every rank must call this. `all_ok(flag)` is a collective AND over ranks: a write that fails
     on any rank (full disk, dead file system) makes every rank raise CheckpointError together
     instead of leaving the others waiting; the temporary folder is removed and older checkpoints
-    stay as they were. Returns the final folder.
+    stay as they were. `collective_save(folder)`, if given, is called on every rank with the
+    temporary folder (sharded states such as DeepSpeed's `ds_G/`, `ds_D/`) before the marker.
+    Returns the final folder.
     """
     folder = Path(run_dir) / "checkpoints"
     final = folder / f"step-{step:09d}"
@@ -86,6 +89,8 @@ def save_checkpoint(
             error = e
     if all_ok(error is None):
         try:
+            if collective_save is not None:  # first: a collective that every rank must reach
+                collective_save(tmp)
             _save_file(rank_state, tmp / f"rank-{rank:05d}.pt")
             if rank == 0:
                 _save_file(shared_state(), tmp / "state.pt")

@@ -114,10 +114,24 @@ class TrainConfig:
 class StrategyConfig:
     """How parameters are held and stepped across processes."""
 
-    name: Literal["auto", "single", "ddp"] = "auto"
-    """auto: ddp when several processes are launched, else single."""
+    name: Literal["auto", "single", "ddp", "deepspeed"] = "auto"
+    """auto: deepspeed under an accelerate DeepSpeed launch (launch/deepspeed_zero*.yaml), else ddp when several
+    processes are launched, else single; deepspeed: one ZeRO engine per net under any launch."""
     timeout_s: int = 600
     """Process-group timeout in seconds: a rank that stops answering ends the job after this long."""
+    zero_stage: int | None = None
+    """DeepSpeed ZeRO stage: 0 data parallel, 1 + sharded optimizer states, 2 + sharded gradients, 3 + sharded
+    parameters; null: the launch config's stage (ACCELERATE_DEEPSPEED_ZERO_STAGE), else strategy.deepspeed_config's,
+    else 2."""
+    gradient_accumulation: int | None = None
+    """Micro-batches per optimizer step: each rank's share of train.batch is split into this many; null: the
+    launch config's gradient_accumulation_steps, else 1."""
+    grad_clip: float | None = None
+    """Clip each net's gradient L2 norm (over all ranks) to this value before its step; 0: off; null: the launch
+    config's gradient_clipping, else off."""
+    deepspeed_config: str = ""
+    """DeepSpeed JSON (e.g. launch/deepspeed/zero2.json) to build both engines from, its 'auto' values filled
+    from this config; empty: the launch config's deepspeed_config_file, else generated from this config."""
 
 
 @dataclass
@@ -404,6 +418,27 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         raise ConfigError(f"key 'tracking.report_to' has unknown tracker(s) {unknown}: use wandb, tensorboard or none")
     if cfg.strategy.timeout_s < 1:
         raise ConfigError(f"key 'strategy.timeout_s' must be positive, got {cfg.strategy.timeout_s}")
+    validate_strategy(cfg.strategy)
+
+
+def validate_strategy(s: StrategyConfig) -> None:
+    """Raise ConfigError for impossible strategy values (the launch environment is checked at start-up)."""
+    if s.zero_stage is not None and s.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"key 'strategy.zero_stage' must be 0, 1, 2 or 3 (or null), got {s.zero_stage}")
+    if s.zero_stage is not None and s.name in ("single", "ddp"):
+        raise ConfigError(
+            f"key 'strategy.zero_stage' = {s.zero_stage} needs strategy.name=deepspeed (or auto under a DeepSpeed "
+            f"launch), but strategy.name is {s.name!r}"
+        )
+    if s.deepspeed_config and s.name in ("single", "ddp"):
+        raise ConfigError(
+            f"key 'strategy.deepspeed_config' = {s.deepspeed_config!r} needs strategy.name=deepspeed, "
+            f"but strategy.name is {s.name!r}"
+        )
+    if s.gradient_accumulation is not None and s.gradient_accumulation < 1:
+        raise ConfigError(f"key 'strategy.gradient_accumulation' must be >= 1 (or null), got {s.gradient_accumulation}")
+    if s.grad_clip is not None and not s.grad_clip >= 0:
+        raise ConfigError(f"key 'strategy.grad_clip' must be >= 0 (0: off; or null), got {s.grad_clip}")
 
 
 def to_dict(cfg: Config) -> dict:

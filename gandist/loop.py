@@ -4,15 +4,15 @@
             resume from the newest complete checkpoint (state.py) if there is one
     while nimg < train.kimg * 1000:
         real  <- next batch of this rank (uint8 on the host) -> device, [-1, 1]
-        D phase: fake = G(z).detach();  L_D = d_loss(D(real), D(fake));  step D
-        G phase: D frozen (raw module);  L_G = g_loss(D(G(z')));           step G
+        D phase: fake = G(z).detach();  L_D = d_loss(D(real), D(fake));  step D   (per micro-batch:
+        G phase: D frozen (raw module);  L_G = g_loss(D(G(z')));           step G    backward; step at the last)
                  (a NaN/Inf loss or gradient on any rank: every rank skips that step;
                   faults.max_bad_steps in a row: roll back to the last checkpoint)
-        G_ema  <- lerp towards G with a half-life of train.ema_kimg
+        G_ema  <- lerp towards G (gathered under ZeRO-3) with a half-life of train.ema_kimg
         nimg += global batch
         once per tick:     reduce stats across ranks; rank 0 writes stats.jsonl, W&B, the bar
         every snapshot:    rank 0 writes a G_ema grid of the fixed noise to samples/
-        every checkpoint:  all ranks save (checkpoint.py)
+        every checkpoint:  all ranks save (state.py, checkpoint.py; DeepSpeed engines into ds_G/, ds_D/)
         every few steps:   all ranks agree whether to stop early (signal, stop file, time budget)
     at the end: grid, checkpoint, parameter checksums of every rank in summary.json;
     stopped early: also a REQUEUE marker, and the process exits with REQUEUE_EXIT_CODE
@@ -43,7 +43,7 @@ from gandist.losses import get_losses
 from gandist.models import build_models
 from gandist.preemption import StopRequested, clear_requeue_marker, write_requeue_marker
 from gandist.state import Progress, TrainState, data_key
-from gandist.strategy import Strategy, make_accelerator
+from gandist.strategy import Strategy, make_strategy
 from gandist.trackers import Trackers, environment_summary
 from gandist.tracking import Reporter, TickStats
 
@@ -91,12 +91,28 @@ class Phases:
 
     def _record(self, name: str, step_stats: dict[str, torch.Tensor]) -> bool:
         """Add a phase's step statistics; True unless the non-finite guard skipped the step."""
+        if not step_stats:  # a micro-batch that did not step (gradient accumulation)
+            return True
         if "nonfinite" in step_stats and step_stats["nonfinite"].item() > 0:
             return False
-        self.stats.add(f"grad_norm/{name}", step_stats["grad_norm"])
+        if "grad_norm" in step_stats:
+            self.stats.add(f"grad_norm/{name}", step_stats["grad_norm"])
         if "skipped" in step_stats:
             self.stats.add(f"skipped_frac/{name}", step_stats["skipped"])
         return True
+
+    def step(self, real: torch.Tensor, z_d: torch.Tensor, z_g: torch.Tensor) -> bool:
+        """One D step then one G step on this rank's batch, each in strategy.accumulation micro-batches.
+
+        False if the non-finite guard skipped either step.
+        """
+        n = self.strategy.accumulation
+        ok = True
+        for real_i, z_i in zip(real.chunk(n), z_d.chunk(n)):
+            ok = self.d_phase(real_i, z_i) and ok
+        for z_i in z_g.chunk(n):
+            ok = self.g_phase(z_i) and ok
+        return ok
 
 
 def build_nets(cfg: Config) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -163,8 +179,7 @@ class TrainResult:
 
 def train(cfg: Config) -> TrainResult:
     """Run a whole training job in this process (one rank of a launch)."""
-    accelerator = make_accelerator(cfg.strategy)
-    strategy = Strategy(accelerator, cfg.train.precision)
+    strategy = make_strategy(cfg.strategy, cfg.train.precision, cfg.train.batch)
     try:
         return _train(cfg, strategy)
     except BaseException as e:
@@ -248,7 +263,8 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
     progress.tracker_run_id = trackers.run_id
     reporter.message(
         f"gandist: run {run_dir} | {world} process(es) on {device.type} | batch {t.batch} ({batch_per_gpu}/rank) | "
-        f"precision {strategy.precision} | {t.kimg} kimg" + (f" | resumed from {resume_from}" if resume_from else "")
+        f"precision {strategy.precision} | {strategy.describe()} | {t.kimg} kimg"
+        + (f" | resumed from {resume_from}" if resume_from else "")
     )
     stop_file = Path(cfg.faults.stop_file) if cfg.faults.stop_file else run_dir / "STOP"
     stopper = StopRequested(stop_file, cfg.faults.stop_after_minutes, cfg.faults.check_every)
@@ -294,10 +310,10 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
         z_d = torch.randn(t.batch, cfg.model.z_dim, device=device, generator=state.noise)
         z_g = torch.randn(t.batch, cfg.model.z_dim, device=device, generator=state.noise)
         mine = slice(rank * batch_per_gpu, (rank + 1) * batch_per_gpu)
-        ok = phases.d_phase(real, z_d[mine])
-        ok = phases.g_phase(z_g[mine]) and ok
+        ok = phases.step(real, z_d[mine], z_g[mine])
 
-        update_ema(G_ema, G, ema_beta(t.batch, progress.nimg, t.ema_kimg, t.ema_rampup))
+        with strategy.gathered("G") as G_full:
+            update_ema(G_ema, G_full, ema_beta(t.batch, progress.nimg, t.ema_kimg, t.ema_rampup))
         progress.nimg += t.batch
         progress.step += 1
         progress.data_batches += 1
@@ -356,7 +372,9 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
     existing = checkpoint.latest_checkpoint(run_dir)
     nothing_new = steps_this_job == 0 and existing is not None and existing.name == f"step-{progress.step:09d}"
     final = existing if nothing_new else save()  # never replace a complete checkpoint by the same step
-    digests = gather_object([{"rank": rank, "G": param_digest(G), "D": param_digest(D), "G_ema": param_digest(G_ema)}])
+    with strategy.gathered("G") as G_full, strategy.gathered("D") as D_full:
+        mine = {"rank": rank, "G": param_digest(G_full), "D": param_digest(D_full), "G_ema": param_digest(G_ema)}
+    digests = gather_object([mine])
     kimg = progress.nimg / 1000
     if strategy.is_main:
         in_sync = all(d[k] == digests[0][k] for d in digests for k in ("G", "D", "G_ema"))

@@ -18,8 +18,6 @@ from gandist import checkpoint
 from gandist.config import Config, ConfigError, to_dict
 from gandist.strategy import Strategy
 
-NETS = ("G", "D")
-
 
 @dataclass
 class Progress:
@@ -57,15 +55,16 @@ class TrainState:
     noise: torch.Generator
     progress: Progress = field(default_factory=Progress)
 
-    def shared_state(self) -> dict:
-        """Rank 0's part: identical on every rank (nets after buffer sync, optimizers, counters)."""
+    def shared_state(self, nets: dict) -> dict:
+        """Rank 0's part: identical on every rank (nets after buffer sync, optimizers, counters).
+
+        `nets` is the strategy's checkpoint_state(): full G and D, and optimizer and scaler states
+        where the strategy keeps them whole (DeepSpeed keeps its own in ds_G/, ds_D/).
+        """
         p = self.progress
         return {
-            "G": self.G.state_dict(),
-            "D": self.D.state_dict(),
+            **nets,
             "G_ema": self.G_ema.state_dict(),
-            **{f"opt_{n}": self.strategy.optimizer(n).state_dict() for n in NETS},
-            **{f"scaler_{n}": self.strategy.scaler(n).state_dict() for n in NETS},
             "progress": vars(p).copy(),
             "nimg": p.nimg,
             "step": p.step,
@@ -86,15 +85,17 @@ class TrainState:
         """Write a checkpoint of the current step; every rank must call this."""
         for module in (self.G, self.D, self.G_ema):
             self.strategy.sync_buffers(module)
+        nets = self.strategy.checkpoint_state()  # a collective under ZeRO-3 (gathers G and D)
         return checkpoint.save_checkpoint(
             run_dir,
             self.progress.step,
-            shared_state=self.shared_state,
+            shared_state=lambda: self.shared_state(nets),
             rank_state=self.rank_state(),
             rank=self.strategy.rank,
             all_ok=self.strategy.all_ok,
             keep=self.cfg.train.keep_checkpoints,
             delay_s=delay_s,
+            collective_save=self.strategy.save_engine_states,
         )
 
     def load(self, path: Path) -> None:
@@ -102,12 +103,10 @@ class TrainState:
         shared, own = checkpoint.load_checkpoint(path, self.strategy.rank)
         check_compatible(path, shared.get("config", {}), self.cfg)
         try:
-            self.G.load_state_dict(shared["G"])
-            self.D.load_state_dict(shared["D"])
+            self.strategy.load_state(path, shared)
             self.G_ema.load_state_dict(shared["G_ema"])
-            for n in NETS:
-                self.strategy.optimizer(n).load_state_dict(shared[f"opt_{n}"])
-                self.strategy.scaler(n).load_state_dict(shared[f"scaler_{n}"])
+        except ConfigError:
+            raise
         except (KeyError, RuntimeError, ValueError) as e:
             raise checkpoint.CheckpointError(f"checkpoint {path} does not fit this run's nets: {e}") from e
         self.noise.set_state(shared["noise"].to(self.noise.get_state().device))

@@ -1,6 +1,6 @@
 """`generate` of a class-conditional toy G on every rank of a launch (the model zoo has no conditional G yet).
 
-    accelerate launch --config_file launch/cpu_2proc.yaml tests/dist/generate_toy_conditional.py OUT_DIR NUM
+accelerate launch --config_file launch/cpu_2proc.yaml tests/dist/generate_toy_conditional.py OUT_DIR NUM
 """
 
 import sys

@@ -13,8 +13,16 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_process_training_keeps_ranks_in_sync(tmp_path):
-    proc = run(accelerate_cmd(ROOT / "gandist/train.py", "--config", "configs/tiny.yaml",
-                              f"output_dir={tmp_path}", "run_name=ddp", "data.num_workers=1"))
+    proc = run(
+        accelerate_cmd(
+            ROOT / "gandist/train.py",
+            "--config",
+            "configs/tiny.yaml",
+            f"output_dir={tmp_path}",
+            "run_name=ddp",
+            "data.num_workers=1",
+        )
+    )
     run_dir = tmp_path / "ddp"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2

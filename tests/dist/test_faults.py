@@ -78,8 +78,19 @@ def test_signal_to_two_process_run_checkpoints_and_asks_for_requeue(tmp_path, si
 def test_single_process_exit_code_and_stop_file(tmp_path):
     run_dir = tmp_path / "s"
     with open(tmp_path / "log", "w") as log:
-        proc = _start([PYTHON, "-m", "gandist.train", *TINY, f"output_dir={tmp_path}", "run_name=s",
-                       "train.kimg=200", "faults.check_every=1"], log)
+        proc = _start(
+            [
+                PYTHON,
+                "-m",
+                "gandist.train",
+                *TINY,
+                f"output_dir={tmp_path}",
+                "run_name=s",
+                "train.kimg=200",
+                "faults.check_every=1",
+            ],
+            log,
+        )
         _wait_for(lambda: len(_stats(run_dir)) >= 1, 120, "the first tick")
         (run_dir / "STOP").touch()
         assert proc.wait(timeout=120) == REQUEUE_EXIT_CODE
@@ -87,16 +98,38 @@ def test_single_process_exit_code_and_stop_file(tmp_path):
 
 
 def test_time_budget_stops_with_requeue_code(tmp_path):
-    proc = subprocess.run([PYTHON, "-m", "gandist.train", *TINY, f"output_dir={tmp_path}", "run_name=t",
-                           "train.kimg=200", "faults.stop_after_minutes=0.05", "faults.check_every=1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "gandist.train",
+            *TINY,
+            f"output_dir={tmp_path}",
+            "run_name=t",
+            "train.kimg=200",
+            "faults.stop_after_minutes=0.05",
+            "faults.check_every=1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == REQUEUE_EXIT_CODE, proc.stderr[-2000:]
     assert "stop_after_minutes" in (tmp_path / "t" / REQUEUE_MARKER).read_text()
 
 
 def test_nan_on_one_rank_is_skipped_by_all(tmp_path):
-    run(accelerate_cmd(ROOT / "gandist/train.py", *TINY, f"output_dir={tmp_path}", "run_name=nan",
-                       "debug.nan_at_steps=[2,5]", "debug.nan_rank=1"))
+    run(
+        accelerate_cmd(
+            ROOT / "gandist/train.py",
+            *TINY,
+            f"output_dir={tmp_path}",
+            "run_name=nan",
+            "debug.nan_at_steps=[2,5]",
+            "debug.nan_rank=1",
+        )
+    )
     summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
     assert summary["skipped_steps"] == 2 and summary["rollbacks"] == 0
     assert summary["params_in_sync"]
@@ -106,8 +139,16 @@ def test_nan_on_one_rank_is_skipped_by_all(tmp_path):
 
 
 def test_persistent_nan_rolls_back_then_stops_with_a_clear_error(tmp_path):
-    args = [*TINY, f"output_dir={tmp_path}", "run_name=bad", "train.kimg=2", "train.checkpoint_kimg=0.064",
-            "faults.max_bad_steps=3", "faults.max_rollbacks=1", f"debug.nan_at_steps=[{','.join(map(str, range(4, 40)))}]"]
+    args = [
+        *TINY,
+        f"output_dir={tmp_path}",
+        "run_name=bad",
+        "train.kimg=2",
+        "train.checkpoint_kimg=0.064",
+        "faults.max_bad_steps=3",
+        "faults.max_rollbacks=1",
+        f"debug.nan_at_steps=[{','.join(map(str, range(4, 40)))}]",
+    ]
     proc = subprocess.run([PYTHON, "-m", "gandist.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "rolled back to" in proc.stderr and "(#1)" in proc.stderr
@@ -117,9 +158,20 @@ def test_persistent_nan_rolls_back_then_stops_with_a_clear_error(tmp_path):
 def test_a_failing_rank_ends_the_job_quickly_and_is_named(tmp_path):
     t0 = time.monotonic()
     proc = subprocess.run(
-        accelerate_cmd(ROOT / "gandist/train.py", *TINY, f"output_dir={tmp_path}", "run_name=f", "train.kimg=200",
-                       "debug.fail_at_step=3", "debug.fail_rank=1", "strategy.timeout_s=60"),
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        accelerate_cmd(
+            ROOT / "gandist/train.py",
+            *TINY,
+            f"output_dir={tmp_path}",
+            "run_name=f",
+            "train.kimg=200",
+            "debug.fail_at_step=3",
+            "debug.fail_rank=1",
+            "strategy.timeout_s=60",
+        ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode != 0
     assert time.monotonic() - t0 < 90
@@ -128,14 +180,23 @@ def test_a_failing_rank_ends_the_job_quickly_and_is_named(tmp_path):
 
 def test_kill_during_checkpoint_write_resumes_from_the_previous_one(tmp_path):
     run_dir = tmp_path / "k"
-    args = [*TINY, f"output_dir={tmp_path}", "run_name=k", "train.kimg=200", "train.checkpoint_kimg=0.128",
-            "debug.checkpoint_delay_s=2"]
+    args = [
+        *TINY,
+        f"output_dir={tmp_path}",
+        "run_name=k",
+        "train.kimg=200",
+        "train.checkpoint_kimg=0.128",
+        "debug.checkpoint_delay_s=2",
+    ]
     with open(tmp_path / "log", "w") as log:
         proc = _start(accelerate_cmd(ROOT / "gandist/train.py", *args), log)
         try:
             folder = run_dir / "checkpoints"
-            _wait_for(lambda: len(checkpoint.complete_checkpoints(run_dir)) >= 1 and list(folder.glob(".step-*.tmp")),
-                      180, "a complete checkpoint and a second one being written")
+            _wait_for(
+                lambda: len(checkpoint.complete_checkpoints(run_dir)) >= 1 and list(folder.glob(".step-*.tmp")),
+                180,
+                "a complete checkpoint and a second one being written",
+            )
             for p in [*_workers(proc), psutil.Process(proc.pid)]:
                 p.kill()  # SIGKILL: no handler runs
             proc.wait(timeout=60)

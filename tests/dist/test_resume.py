@@ -11,11 +11,22 @@ BATCH, N, K = 32, 10, 5  # K odd: with 2 loader workers the resumed stream start
 
 
 def _train(world, tmp_path, name, steps):
-    args = ["--config", str(ROOT / "configs/tiny.yaml"), f"output_dir={tmp_path}", f"run_name={name}",
-            f"train.kimg={steps * BATCH / 1000}", f"train.batch={BATCH}", "data.num_workers=2", "data.xflip=true",
-            "data.shuffle_buffer=50"]
-    run(accelerate_cmd(ROOT / "gandist/train.py", *args, nproc=world) if world > 1
-        else [PYTHON, "-m", "gandist.train", *args])
+    args = [
+        "--config",
+        str(ROOT / "configs/tiny.yaml"),
+        f"output_dir={tmp_path}",
+        f"run_name={name}",
+        f"train.kimg={steps * BATCH / 1000}",
+        f"train.batch={BATCH}",
+        "data.num_workers=2",
+        "data.xflip=true",
+        "data.shuffle_buffer=50",
+    ]
+    run(
+        accelerate_cmd(ROOT / "gandist/train.py", *args, nproc=world)
+        if world > 1
+        else [PYTHON, "-m", "gandist.train", *args]
+    )
     return checkpoint.latest_checkpoint(tmp_path / name)
 
 
@@ -47,5 +58,8 @@ def test_resumed_run_is_bit_identical_to_the_uninterrupted_one(tmp_path, world):
         _equal(a[key], b[key], key)  # weights, Adam moments, the shared noise generator
     assert b["progress"]["restart"] == 1 and b["progress"]["data_batches"] == N
     for rank in range(world):  # each rank's CPU random state: the next draws are the same
-        _equal(torch.load(straight / f"rank-{rank:05d}.pt", weights_only=False),
-               torch.load(resumed / f"rank-{rank:05d}.pt", weights_only=False), f"rank {rank}")
+        _equal(
+            torch.load(straight / f"rank-{rank:05d}.pt", weights_only=False),
+            torch.load(resumed / f"rank-{rank:05d}.pt", weights_only=False),
+            f"rank {rank}",
+        )

@@ -1,11 +1,12 @@
-"""How the two networks are held, run and stepped: one process or DDP, under one interface.
+"""The Accelerator set-up and the base Strategy: one process or DDP (DeepSpeed ZeRO is in zero.py).
 
 The training loop never touches DDP wrappers, scalers or optimizers directly. It asks:
 
     strategy.train_forward("G")      the callable that trains G (DDP wrapper: gradients are all-reduced)
-    strategy.frozen_forward("D")     D's raw module with requires_grad off, for the G phase
-    strategy.backward_and_step("D", loss)
-    strategy.module("G")             the plain nn.Module (for G_ema, sampling, saving)
+    strategy.frozen("D")             D's raw module with requires_grad off, for the G phase
+    strategy.backward_and_step("D", loss)   backward one micro-batch; step after the last one of a step
+    strategy.gathered("G")           the module with full parameters (for G_ema, sampling, digests)
+    strategy.checkpoint_state() / save_engine_states(folder) / load_state(folder, shared)
 
 Precision is torch autocast with fp32 master weights and one GradScaler per net for fp16, so the
 same numerics hold for every strategy (DeepSpeed's half-precision cast breaks BatchNorm nets, see
@@ -17,7 +18,10 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -25,6 +29,7 @@ from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwar
 from torch import nn
 
 from gandist.config import ConfigError, StrategyConfig
+from gandist.strategy.launch import ENV_USE_DEEPSPEED
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -40,11 +45,18 @@ def make_accelerator(cfg: StrategyConfig) -> Accelerator:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         timeout = datetime.timedelta(seconds=cfg.timeout_s)
         handlers.append(InitProcessGroupKwargs(backend="nccl" if cuda else "gloo", timeout=timeout))
-    accelerator = Accelerator(
-        cpu=not cuda,
-        mixed_precision="no",  # autocast and scalers are ours: one scaler per net
-        kwargs_handlers=handlers,
-    )
+    # gandist builds its own DeepSpeed engines (zero.py): accelerate must not switch to its DeepSpeed mode
+    # under an accelerate DeepSpeed launch, so it sets up the same plain process group either way.
+    use_deepspeed = os.environ.pop(ENV_USE_DEEPSPEED, None)
+    try:
+        accelerator = Accelerator(
+            cpu=not cuda,
+            mixed_precision="no",  # autocast and scalers are ours: one scaler per net
+            kwargs_handlers=handlers,
+        )
+    finally:
+        if use_deepspeed is not None:
+            os.environ[ENV_USE_DEEPSPEED] = use_deepspeed
     env_world = os.environ.get("WORLD_SIZE")
     if env_world is not None and int(env_world) != accelerator.num_processes:
         raise RuntimeError(
@@ -79,17 +91,34 @@ class _Net:
     wrapped: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
+    micro_steps: int = 0
+    bad_loss: torch.Tensor | None = None  # a non-finite loss among this step's micro-batches (guard)
 
 
 class Strategy:
-    """Single process or DDP through Accelerate, with per-net autocast scalers."""
+    """Single process or DDP through Accelerate, with per-net autocast scalers.
 
-    def __init__(self, accelerator: Accelerator, precision: str):
+    `accumulation` micro-batches make one optimizer step (each backward adds loss / accumulation);
+    `grad_clip` > 0 clips each net's gradient norm before its step.
+    """
+
+    name = "ddp"
+
+    def __init__(self, accelerator: Accelerator, precision: str, accumulation: int = 1, grad_clip: float = 0.0):
         self.accelerator = accelerator
         self.device = accelerator.device
         self.precision = resolve_precision(precision, self.device)
         self.dtype = PRECISIONS[self.precision]
+        self.accumulation = accumulation
+        self.grad_clip = grad_clip
         self.nets: dict[str, _Net] = {}
+        if self.world_size == 1:
+            self.name = "single"
+
+    def describe(self) -> str:
+        """One line for the start-up message."""
+        extra = f", {self.accumulation} micro-batches per step" if self.accumulation > 1 else ""
+        return f"{self.name}{extra}"
 
     @property
     def world_size(self) -> int:
@@ -114,9 +143,11 @@ class Strategy:
         return self.nets[name].module
 
     def optimizer(self, name: str) -> torch.optim.Optimizer:
+        """The net's optimizer (its param_groups hold the learning rate)."""
         return self.nets[name].optimizer
 
     def scaler(self, name: str) -> torch.amp.GradScaler:
+        """The net's fp16 loss scaler (disabled at other precisions)."""
         return self.nets[name].scaler
 
     def train_forward(self, name: str) -> nn.Module:
@@ -141,20 +172,32 @@ class Strategy:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
 
     def backward_and_step(self, name: str, loss: torch.Tensor, guard: bool = False) -> dict[str, torch.Tensor]:
-        """Backward the loss into this net's gradients, step its optimizer, clear the gradients.
+        """Backward one micro-batch's loss into this net's gradients; after the last micro-batch of a step,
+        clip, step its optimizer and clear the gradients.
 
-        Returns device tensors: the gradient norm (unscaled) and, under fp16, whether the scaler
-        skipped this step because of inf/NaN gradients. With `guard`, a loss or gradient that is
-        not finite on ANY rank makes every rank skip the step ("nonfinite" is then 1); this costs
-        one small all-reduce and one host sync.
+        Returns device tensors on the micro-batch that stepped, else {}: the gradient norm (unscaled,
+        before clipping) and, under fp16, whether the scaler skipped the step (inf/NaN gradients). With
+        `guard`, a loss or gradient that is not finite on ANY rank makes every rank skip the step
+        ("nonfinite" is then 1); this costs one small all-reduce and one host sync.
         """
         net = self.nets[name]
-        net.scaler.scale(loss).backward()
-        net.scaler.unscale_(net.optimizer)
-        grads = [p.grad for p in net.module.parameters() if p.grad is not None]
-        out = {"grad_norm": torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)}
+        net.micro_steps += 1
         if guard:
-            bad = (~torch.isfinite(loss.detach().float()) | ~torch.isfinite(out["grad_norm"])).float().reshape(1)
+            bad = ~torch.isfinite(loss.detach().float())
+            net.bad_loss = bad if net.bad_loss is None else net.bad_loss | bad
+        # DDP all-reduces at every micro-batch here: the same sum as accumulating locally, with simpler code.
+        net.scaler.scale(loss / self.accumulation).backward()
+        if net.micro_steps % self.accumulation:
+            return {}
+        net.scaler.unscale_(net.optimizer)
+        params = [p for p in net.module.parameters() if p.grad is not None]
+        norm = (
+            torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros((), device=self.device)
+        )
+        out = {"grad_norm": norm}
+        if guard:
+            bad = (net.bad_loss | ~torch.isfinite(norm)).float().reshape(1)
+            net.bad_loss = None
             out["nonfinite"] = self.reduce_max(bad)[0]
             if out["nonfinite"].item() > 0:
                 if net.scaler.is_enabled():  # let the scaler see the overflow and lower its scale
@@ -162,6 +205,8 @@ class Strategy:
                     net.scaler.update()
                 net.optimizer.zero_grad(set_to_none=True)
                 return out
+        if self.grad_clip > 0 and params:
+            torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
         scale_before = net.scaler._scale.clone() if net.scaler.is_enabled() else None
         net.scaler.step(net.optimizer)
         net.scaler.update()
@@ -169,6 +214,42 @@ class Strategy:
             out["skipped"] = (net.scaler._scale < scale_before).float()
         net.optimizer.zero_grad(set_to_none=True)
         return out
+
+    @contextlib.contextmanager
+    def gathered(self, name: str) -> Iterator[nn.Module]:
+        """Yield the plain module holding its full parameters (read-only use: G_ema, sampling, digests).
+
+        A collective under ZeRO-3 (every rank must enter); here the parameters are always whole.
+        """
+        yield self.nets[name].module
+
+    def checkpoint_state(self) -> dict:
+        """What `state.pt` holds for the nets: full state dicts 'G', 'D' and the optimizer/scaler states.
+
+        A collective under ZeRO-3 (every rank must call it); the values matter on rank 0 only.
+        """
+        state: dict = {name: net.module.state_dict() for name, net in self.nets.items()}
+        for name, net in self.nets.items():
+            state[f"opt_{name}"] = net.optimizer.state_dict()
+            state[f"scaler_{name}"] = net.scaler.state_dict()
+        return state
+
+    def save_engine_states(self, folder: Path) -> None:
+        """Write sharded per-rank states into the checkpoint folder (every rank calls it); none here."""
+
+    def load_state(self, folder: Path, shared: dict) -> None:
+        """Restore the nets, optimizers and scalers from a checkpoint (its folder and its `state.pt` dict)."""
+        missing = [k for n in self.nets for k in (n, f"opt_{n}", f"scaler_{n}") if k not in shared]
+        if missing:
+            written_by = shared.get("strategy", {}).get("name", "another strategy")
+            raise ConfigError(
+                f"checkpoint {folder} has no {missing} in state.pt (written by {written_by}, which keeps optimizer "
+                f"states in its own sub-folders): resume it with the strategy that wrote it (strategy.name)"
+            )
+        for name, net in self.nets.items():
+            net.module.load_state_dict(shared[name])
+            net.optimizer.load_state_dict(shared[f"opt_{name}"])
+            net.scaler.load_state_dict(shared[f"scaler_{name}"])
 
     def reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """Mean of a tensor over all ranks (a collective: every rank must call it)."""
@@ -200,9 +281,15 @@ class Strategy:
                 torch.distributed.broadcast(buffer.data, src=0)
 
     def barrier(self) -> None:
+        """Wait until every rank gets here."""
         self.accelerator.wait_for_everyone()
 
     def close(self) -> None:
         """Tear down the process group: a clean exit avoids gloo's abort at interpreter shutdown."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # On a clean exit all ranks tear down together: a rank that left while rank 0 still wrote its
+            # summary closed gloo connections under it (an abort at exit in 1 of 3 two-node DeepSpeed runs).
+            # Not while an exception propagates (close() runs in a finally): the other ranks may never come.
+            if sys.exc_info()[0] is None:
+                torch.distributed.barrier()
             torch.distributed.destroy_process_group()

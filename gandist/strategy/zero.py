@@ -1,0 +1,261 @@
+"""DeepSpeed ZeRO 0-3 for both nets: one engine per net, stepping alternately.
+
+What shared/DESIGN.md found by running it, and this module follows:
+- one `deepspeed.initialize` per net (torch Adam handed in, or the JSON's optimizer), never accelerate's
+  multi-model DeepSpeed path (it steps only the first engine);
+- in the G phase D is called through its raw module (`engine.module`) with requires_grad off: through the
+  D engine, or with D trainable, ZeRO fails or leaks G's gradients into D;
+- precision is torch autocast around fp32 engines (see zero_config.py); under fp16 each engine gets a
+  dynamic loss scale of ours (LossScale). DeepSpeed 0.19's own `torch_autocast` GradScaler under ZeRO
+  never lowers its scale after an overflow (DeepSpeed skips the step before the scaler sees it), so
+  every later step overflows too (found on CPU, where torch 2.13 autocast does run fp16 kernels);
+- every rank takes part in saving, and the two engines save to different folders (`ds_G/`, `ds_D/`).
+
+Under ZeRO-3 each rank holds only a shard of each parameter: `gathered(name)` all-gathers them for
+G_ema, sampling and checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from gandist.config import ConfigError
+from gandist.strategy.base import Strategy, _Net
+from gandist.strategy.launch import StrategyPlan
+from gandist.strategy.zero_config import build_deepspeed_config
+
+TAG = "state"  # DeepSpeed's checkpoint tag: one engine state per checkpoint folder
+
+
+class LossScale:
+    """A dynamic fp16 loss scale for one engine, moved by torch GradScaler's rules.
+
+    Under ZeRO 1-3 DeepSpeed's optimizer does the rest once given the scale (`override_loss_scale`): it
+    multiplies the loss in backward, detects inf/NaN gradients from the all-reduced gradient norm (so every
+    rank agrees), unscales and clips with it, and skips the step on overflow. Under ZeRO-0 the strategy
+    does the same on the whole, all-reduced gradients. This only moves the scale: halve it after a skipped
+    step, double it after `growth_interval` good steps in a row.
+    """
+
+    def __init__(self, enabled: bool, init_scale: float = 2.0**16, growth_interval: int = 2000):
+        self.enabled = enabled
+        self.scale = init_scale
+        self.growth_interval = growth_interval
+        self.good_steps = 0
+
+    def is_enabled(self) -> bool:
+        """Whether the scale is in use (fp16)."""
+        return self.enabled
+
+    def get_scale(self) -> float:
+        """The current scale."""
+        return self.scale if self.enabled else 1.0
+
+    def update(self, overflow: bool) -> None:
+        """After an optimizer step: halve on overflow (the step was skipped), else count towards growth."""
+        if overflow:
+            self.scale, self.good_steps = max(self.scale * 0.5, 1.0), 0
+            return
+        self.good_steps += 1
+        if self.good_steps == self.growth_interval:
+            self.scale, self.good_steps = self.scale * 2.0, 0
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps."""
+        return {"scale": self.scale, "good_steps": self.good_steps} if self.enabled else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from state_dict()."""
+        if state:
+            self.scale, self.good_steps = state["scale"], state["good_steps"]
+
+
+def _import_deepspeed():
+    try:
+        import deepspeed
+    except ImportError as e:
+        raise ConfigError(f"strategy.name=deepspeed needs the deepspeed package ({e}): pip install deepspeed") from None
+    return deepspeed
+
+
+def _ensure_process_group(device: torch.device, timeout_s: int) -> None:
+    """DeepSpeed needs a process group even for one process: create a one-rank group if none exists."""
+    if torch.distributed.is_initialized():
+        return
+    # what a launcher would have set: DeepSpeed's engine insists on LOCAL_RANK
+    for key, value in (("LOCAL_RANK", "0"), ("RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(key, value)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.distributed.init_process_group(
+        backend="nccl" if device.type == "cuda" else "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=0,
+        world_size=1,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+
+
+class ZeroStrategy(Strategy):
+    """G and D each in their own DeepSpeed engine at ZeRO stage `plan.zero_stage`."""
+
+    name = "deepspeed"
+
+    def __init__(self, accelerator: Accelerator, plan: StrategyPlan, global_batch: int, timeout_s: int = 600):
+        super().__init__(accelerator, plan.precision, plan.gradient_accumulation, plan.grad_clip)
+        self.deepspeed = _import_deepspeed()
+        self.plan = plan
+        self.name = "deepspeed"
+        self.zero_stage = plan.zero_stage
+        self.micro_batch = global_batch // (self.world_size * self.accumulation)
+        self.engines: dict = {}
+        _ensure_process_group(self.device, timeout_s)
+
+    def describe(self) -> str:
+        """One line for the start-up message."""
+        extra = f", {self.accumulation} micro-batches per step" if self.accumulation > 1 else ""
+        return f"deepspeed ZeRO-{self.zero_stage} (from the {self.plan.source}){extra}"
+
+    def add(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Build this net's engine; its optimizer is the one handed in unless the JSON defines one."""
+        group = optimizer.param_groups[0]
+        base_config = dict(self.plan.deepspeed_json)
+        if self.zero_stage == 0:  # ZeRO-0 clips in _unscale_whole_gradients (DeepSpeed's clip fails on skipped steps)
+            base_config.pop("gradient_clipping", None)
+        config = build_deepspeed_config(
+            base_config,
+            source=f"file {self.plan.deepspeed_json_path!r}" if self.plan.deepspeed_json_path else "",
+            zero_stage=self.zero_stage,
+            micro_batch=self.micro_batch,
+            accumulation=self.accumulation,
+            world_size=self.world_size,
+            grad_clip=self.grad_clip if self.zero_stage > 0 else 0.0,
+            optimizer_defaults={k: group[k] for k in ("lr", "betas", "eps", "weight_decay") if k in group},
+        )
+        own_optimizer = "optimizer" in config
+        engine, ds_optimizer, _, _ = self.deepspeed.initialize(
+            model=module,
+            optimizer=None if own_optimizer else optimizer,
+            model_parameters=module.parameters() if own_optimizer else None,
+            config=config,
+            dist_init_required=False,
+        )
+        self.engines[name] = engine
+        # the torch optimizer that holds param_groups (under ZeRO, DeepSpeed's wrapper keeps it as .optimizer)
+        base = getattr(ds_optimizer, "optimizer", ds_optimizer) if own_optimizer else optimizer
+        self.nets[name] = _Net(engine.module, engine, base, LossScale(enabled=self.precision == "fp16"))
+
+    def backward_and_step(self, name: str, loss: torch.Tensor, guard: bool = False) -> dict[str, torch.Tensor]:
+        """engine.backward + engine.step for one micro-batch; DeepSpeed steps after the last one of a step.
+
+        Returns, on the micro-batch that stepped: the gradient norm (unscaled, before clipping), under
+        fp16 whether the step was skipped for inf/NaN gradients, and with `guard` "nonfinite": 1 when a
+        loss or gradient was not finite on any rank (every rank then skipped the step). Under ZeRO 1-3
+        DeepSpeed skips a step with a non-finite global gradient norm by itself, guard or not.
+        """
+        engine, net = self.engines[name], self.nets[name]
+        scale: LossScale = net.scaler
+        boundary = engine.is_gradient_accumulation_boundary()
+        if guard:
+            bad = ~torch.isfinite(loss.detach().float())
+            net.bad_loss = bad if net.bad_loss is None else net.bad_loss | bad
+        if scale.is_enabled() and self.zero_stage > 0:
+            engine.optimizer.override_loss_scale(scale.get_scale())
+        elif scale.is_enabled():
+            loss = loss * scale.get_scale()
+        engine.backward(loss)
+        norm, overflow = None, False
+        if boundary and self.zero_stage == 0:
+            norm, overflow = self._unscale_whole_gradients(engine, scale, check=guard or scale.is_enabled())
+        engine.step()
+        if not boundary:
+            return {}
+        out: dict[str, torch.Tensor] = {}
+        if self.zero_stage > 0:
+            norm = engine.get_global_grad_norm()
+            overflow = not engine.was_step_applied()
+        if norm is not None:
+            out["grad_norm"] = torch.as_tensor(norm, dtype=torch.float32).to(self.device)
+        if scale.is_enabled():
+            scale.update(overflow)
+            out["skipped"] = torch.tensor(float(overflow), device=self.device)
+        if guard:
+            bad = (net.bad_loss | overflow).float().reshape(1)
+            net.bad_loss = None
+            out["nonfinite"] = self.reduce_max(bad)[0]
+        return out
+
+    def _unscale_whole_gradients(self, engine, scale: LossScale, check: bool) -> tuple[torch.Tensor | None, bool]:
+        """ZeRO-0: unscale and clip the all-reduced (identical on every rank) gradients, as DDP does; with
+        `check`, drop them on inf/NaN, so that the engine's optimizer step leaves parameters and Adam's
+        state as they are."""
+        params = [p for p in engine.module.parameters() if p.grad is not None]
+        if not params:
+            return None, False
+        grads = [p.grad for p in params]
+        if scale.is_enabled():
+            torch._foreach_mul_(grads, 1.0 / scale.get_scale())
+        norm = torch.nn.utils.get_total_norm(grads)
+        overflow = check and not bool(torch.isfinite(norm))
+        if overflow:
+            for p in params:
+                p.grad = None
+        elif self.grad_clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
+        return norm, overflow
+
+    @contextlib.contextmanager
+    def gathered(self, name: str) -> Iterator[nn.Module]:
+        """Yield the module with full parameters; under ZeRO-3 every rank must enter (an all-gather)."""
+        module = self.nets[name].module
+        if self.zero_stage != 3:
+            yield module
+            return
+        with self.deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            yield module
+
+    def checkpoint_state(self) -> dict:
+        """Full state dicts 'G', 'D' (gathered under ZeRO-3; every rank must call it) and what wrote them.
+
+        Optimizer and loss-scaler states are sharded: the engines write them (save_engine_states).
+        """
+        state: dict = {}
+        for name in self.nets:
+            with self.gathered(name) as module:
+                if self.is_main:
+                    state[name] = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        for name, net in self.nets.items():
+            state[f"scaler_{name}"] = net.scaler.state_dict()  # DeepSpeed's checkpoint does not hold our scale
+        state["strategy"] = {"name": "deepspeed", "zero_stage": self.zero_stage, "world_size": self.world_size}
+        return state
+
+    def save_engine_states(self, folder: Path) -> None:
+        """Every rank writes its shards: engine G to folder/ds_G, engine D to folder/ds_D."""
+        for name, engine in self.engines.items():
+            engine.save_checkpoint(str(Path(folder) / f"ds_{name}"), tag=TAG, save_latest=False)
+
+    def load_state(self, folder: Path, shared: dict) -> None:
+        """Restore both engines (weights, optimizer shards, loss scales) from folder/ds_G and folder/ds_D."""
+        for name, engine in self.engines.items():
+            path = Path(folder) / f"ds_{name}"
+            if not (path / TAG).is_dir():
+                written_by = shared.get("strategy", {}).get("name", "ddp or single")
+                raise ConfigError(
+                    f"checkpoint {folder} has no DeepSpeed state for {name} ({path / TAG} missing; written by "
+                    f"{written_by}): resume it with the strategy that wrote it, or start a new run (resume=never)"
+                )
+            load_path, _ = engine.load_checkpoint(str(path), tag=TAG, load_lr_scheduler_states=False)
+            if load_path is None:
+                raise RuntimeError(f"DeepSpeed could not load {path / TAG} for {name}")
+            if shared.get(f"scaler_{name}"):
+                self.nets[name].scaler.load_state_dict(shared[f"scaler_{name}"])
