@@ -28,7 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_arguments(p_prepare)
     p_prepare.set_defaults(func=prepare.run)
     generator_cli.add_commands(sub)  # sample, interpolate, generate, export
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":  # overrides may stand before or after --config
+        args.overrides += [x for x in extra if "=" in x and not x.startswith("-")]
+        extra = [x for x in extra if x not in args.overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.func(args)
 
 

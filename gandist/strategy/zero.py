@@ -246,6 +246,15 @@ class ZeroStrategy(Strategy):
 
     def load_state(self, folder: Path, shared: dict) -> None:
         """Restore both engines (weights, optimizer shards, loss scales) from folder/ds_G and folder/ds_D."""
+        saved_world = shared.get("world_size", self.world_size)
+        if saved_world != self.world_size and self.zero_stage > 0:
+            raise ConfigError(
+                f"checkpoint {folder} holds ZeRO-{self.zero_stage} optimizer shards of {saved_world} rank(s) but this "
+                f"run has {self.world_size}: resume it with {saved_world} processes. Re-sharding ZeRO optimizer states "
+                "needs DeepSpeed's universal checkpoint (python -m deepspeed.checkpoint.ds_to_universal), which "
+                f"gandist does not load yet. The full G, D and G_ema are in {folder}/state.pt: `gandist export "
+                f"{folder}` for sampling and generating"
+            )
         for name, engine in self.engines.items():
             path = Path(folder) / f"ds_{name}"
             if not (path / TAG).is_dir():

@@ -65,6 +65,14 @@ def test_accelerate_launch_one_process_on_embedded_data(tmp_path):
     _check_run(tmp_path / "r")
 
 
+@pytest.mark.parametrize("entry", [[PYTHON, "-m", "gandist.train"], [PYTHON, "-m", "gandist", "train"]])
+def test_overrides_may_come_before_the_config_file(entry):
+    out = run(
+        [*entry, "train.kimg=3", "--config", str(ROOT / "configs/tiny.yaml"), "model.channels=3", "--print-config"]
+    ).stdout
+    assert "kimg: 3.0" in out and "channels: 3" in out and "g_width: 8" in out
+
+
 def test_resolved_config_is_saved_and_printed(tmp_path):
     out = run([PYTHON, "-m", "gandist.train", "--print-config", "train.kimg=3", "model.channels=3"]).stdout
     assert "kimg: 3.0" in out and "channels: 3" in out
