@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gandist import train
+from gandist import evaluation, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     train.add_arguments(p_train)
     p_train.set_defaults(func=train.run)
+    p_eval = sub.add_parser(
+        "evaluate",
+        help="FID / KID / precision-recall of a run's checkpoint (see `gandist evaluate --help`)",
+        description=evaluation.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluation.add_arguments(p_eval)
+    p_eval.set_defaults(func=evaluation.run)
     args = parser.parse_args(argv)
     return args.func(args)
 
