@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gandist import generator_cli, prepare, train
+from gandist import evaluation, generator_cli, prepare, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_arguments(p_prepare)
     p_prepare.set_defaults(func=prepare.run)
     generator_cli.add_commands(sub)  # sample, interpolate, generate, export
+    p_eval = sub.add_parser(
+        "evaluate",
+        help="FID / KID / precision-recall of a run's checkpoint (see `gandist evaluate --help`)",
+        description=evaluation.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluation.add_arguments(p_eval)
+    p_eval.set_defaults(func=evaluation.run)
     args, extra = parser.parse_known_args(argv)
     if args.command == "train":  # overrides may stand before or after --config
         args.overrides += [x for x in extra if "=" in x and not x.startswith("-")]

@@ -30,8 +30,8 @@ class ConfigError(ValueError):
 class ModelConfig:
     """What G and D are."""
 
-    arch: Literal["dcgan"] = "dcgan"
-    """Architecture family of G and D."""
+    arch: Literal["dcgan", "resnet", "stylegan2"] = "dcgan"
+    """Architecture of G and D: dcgan, resnet (SNGAN: spectral-norm D, projection head) or stylegan2 (compact)."""
     resolution: int = 32
     """Image side in pixels (power of two: 32, 64 or 128)."""
     channels: int = 1
@@ -42,6 +42,8 @@ class ModelConfig:
     """Channels of G's last hidden layer (ngf in Radford et al.); doubles at each lower resolution."""
     d_width: int = 64
     """Channels of D's first layer (ndf); doubles at each lower resolution."""
+    num_classes: int = 0
+    """Classes of a class-conditional G and D (labels from the shards' cls, 0..num_classes-1); 0: unconditional."""
 
 
 @dataclass
@@ -84,8 +86,24 @@ class TrainConfig:
     """Budget: thousands of real images shown to D."""
     batch: int = 64
     """Global batch: real images per D step summed over all ranks (must divide by the number of ranks)."""
-    loss: Literal["nonsaturating", "hinge"] = "nonsaturating"
-    """GAN loss."""
+    loss: Literal["nonsaturating", "hinge", "least_squares", "wgan"] = "nonsaturating"
+    """GAN loss (wgan wants a Lipschitz D: train.gp_weight > 0 or the spectral-norm resnet D)."""
+    gp_weight: float = 0.0
+    """Weight of the WGAN-GP gradient penalty on real/fake interpolates, each D step (Gulrajani et al.: 10); 0: off."""
+    r1_gamma: float = 0.0
+    """R1 weight gamma: gamma/2 * E||grad D(real)||^2 (StyleGAN2: 0.01-10, grows with resolution); 0: off."""
+    r1_interval: int = 16
+    """Apply R1 every this many steps as its own D step, scaled by the interval (lazy regularisation)."""
+    lecam_weight: float = 0.0
+    """Weight of the LeCam regulariser of D's outputs (0.3 in Tseng et al. with hinge loss); 0: off."""
+    lecam_decay: float = 0.99
+    """Decay of LeCam's running means of D(real) and D(fake) per step."""
+    lr_warmup_kimg: float = 0.0
+    """Ramp both learning rates linearly from 0 over this many kimg."""
+    lr_decay: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning-rate schedule over the run after the warm-up."""
+    lr_final: float = 0.0
+    """Learning rates at train.kimg as a fraction of G_opt.lr / D_opt.lr (linear and cosine decay)."""
     seed: int = 0
     """Seed for weights, noise and data order."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -108,6 +126,53 @@ class TrainConfig:
     """Stop after this many D/G iterations regardless of kimg (0: no limit); for tests and benchmarks."""
     keep_checkpoints: int = 3
     """Complete checkpoints kept in the run folder (older ones are deleted once a newer one is complete)."""
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation of every image D sees, real and fake alike (augment.py); empty lists: off."""
+
+    diffaugment: list[str] = field(default_factory=list)
+    """DiffAugment ops applied to every image: any of color, translation, cutout."""
+    ada: list[str] = field(default_factory=list)
+    """Adaptive ops, each applied with probability p: xflip, rotate90, translate, scale, rotate, brightness,
+    contrast, saturation, cutout."""
+    p: float = 0.0
+    """Initial probability of the adaptive ops."""
+    target: float = 0.6
+    """Target of E[sign(D(real))] that steers p; 0: keep p fixed."""
+    speed_kimg: float = 100.0
+    """Thousands of images in which p can move from 0 to 1."""
+    interval: int = 4
+    """D steps between adjustments of p."""
+
+
+@dataclass
+class MetricsConfig:
+    """Sample-quality metrics (gandist/metrics/) during training and in `gandist evaluate`."""
+
+    interval_kimg: float = 0.0
+    """Compute the metrics every this many kimg and at the end of training (all ranks share the work); 0: off."""
+    feature_net: str = "inception"
+    """Feature space: inception (FID protocol, local weights), a .pt2/TorchScript file, or module:factory@weights."""
+    reference: str = ""
+    """Shards of the reference images (e.g. a test split); empty: data.shards. Statistics are cached next to them."""
+    num_fake: int = 10000
+    """Generated images per evaluation (50000 for the standard FID-50k)."""
+    num_real: int = 0
+    """Reference images embedded (the first ones in shard order); 0: all of them."""
+    real_features: int = 10000
+    """Reference features kept (random subset) for KID and precision/recall."""
+    kid_subsets: int = 100
+    """Random subsets averaged by KID."""
+    kid_subset_size: int = 1000
+    """Images per KID subset."""
+    pr_k: int = 3
+    """k of the k-nearest-neighbour manifolds of precision/recall."""
+    batch: int = 128
+    """Images per rank per forward of G and the feature network."""
+    stats_cache: str = ""
+    """Folder for cached reference statistics; empty: next to the reference shards (gandist-stats/)."""
 
 
 @dataclass
@@ -211,6 +276,8 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,12 +417,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
         _merge(cfg, data, f"config file {str(path)!r}")
+    apply_overrides(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Apply `key.sub=value` overrides to a config in place (no validation); returns it."""
     for text in overrides:
         key, value = parse_override(text)
         if _field_hint(cfg, key) is str:  # run_name=off stays the string 'off', not YAML's False
             value = text.split("=", 1)[1]
         _merge(cfg, _nest(key, value), f"override {text!r}")
-    validate(cfg)
     return cfg
 
 
@@ -419,6 +492,7 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
     if cfg.strategy.timeout_s < 1:
         raise ConfigError(f"key 'strategy.timeout_s' must be positive, got {cfg.strategy.timeout_s}")
     validate_strategy(cfg.strategy)
+    _validate_quality(cfg)
 
 
 def validate_strategy(s: StrategyConfig) -> None:
@@ -439,6 +513,56 @@ def validate_strategy(s: StrategyConfig) -> None:
         raise ConfigError(f"key 'strategy.gradient_accumulation' must be >= 1 (or null), got {s.gradient_accumulation}")
     if s.grad_clip is not None and not s.grad_clip >= 0:
         raise ConfigError(f"key 'strategy.grad_clip' must be >= 0 (0: off; or null), got {s.grad_clip}")
+
+
+def _validate_quality(cfg: Config) -> None:
+    """Conditioning, regularisers, schedules, augmentation and metrics."""
+    from gandist.augment import ADA_OPS, DIFFAUGMENT_OPS
+
+    m, t, a, q = cfg.model, cfg.train, cfg.augment, cfg.metrics
+    if m.num_classes < 0:
+        raise ConfigError(f"key 'model.num_classes' must be >= 0, got {m.num_classes}")
+    if m.num_classes > 0 and m.arch == "dcgan":
+        raise ConfigError(
+            f"key 'model.num_classes' = {m.num_classes} needs a class-conditional architecture: "
+            "set model.arch=resnet or model.arch=stylegan2 (the DCGAN is unconditional)"
+        )
+    non_negative = {
+        "train.gp_weight": t.gp_weight,
+        "train.r1_gamma": t.r1_gamma,
+        "train.lecam_weight": t.lecam_weight,
+        "train.lr_warmup_kimg": t.lr_warmup_kimg,
+        "metrics.interval_kimg": q.interval_kimg,
+        "metrics.num_real": q.num_real,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"key '{key}' must be >= 0, got {value}")
+    positive = {
+        "train.r1_interval": t.r1_interval,
+        "augment.speed_kimg": a.speed_kimg,
+        "augment.interval": a.interval,
+        "metrics.real_features": q.real_features,
+        "metrics.kid_subsets": q.kid_subsets,
+        "metrics.pr_k": q.pr_k,
+        "metrics.batch": q.batch,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"key '{key}' must be > 0, got {value}")
+    for key, value in (("metrics.num_fake", q.num_fake), ("metrics.kid_subset_size", q.kid_subset_size)):
+        if value < 2:
+            raise ConfigError(f"key '{key}' must be >= 2, got {value}")
+    for key, value in (("train.lecam_decay", t.lecam_decay), ("augment.target", a.target)):
+        if not 0 <= value < 1:
+            raise ConfigError(f"key '{key}' must lie in [0, 1), got {value}")
+    for key, value in (("train.lr_final", t.lr_final), ("augment.p", a.p)):
+        if not 0 <= value <= 1:
+            raise ConfigError(f"key '{key}' must lie in [0, 1], got {value}")
+    for key, ops, known in (("augment.diffaugment", a.diffaugment, DIFFAUGMENT_OPS), ("augment.ada", a.ada, ADA_OPS)):
+        unknown = [op for op in ops if op not in known]
+        if unknown:
+            raise ConfigError(f"key '{key}' has unknown op(s) {unknown}: use any of {', '.join(known)}")
 
 
 def to_dict(cfg: Config) -> dict:

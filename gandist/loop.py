@@ -3,22 +3,29 @@
     set up: process group, run folder, G, D, G_ema, Adam per net, strategy, per-rank shard stream;
             resume from the newest complete checkpoint (state.py) if there is one
     while nimg < train.kimg * 1000:
-        real  <- next batch of this rank (uint8 on the host) -> device, [-1, 1]
-        D phase: fake = G(z).detach();  L_D = d_loss(D(real), D(fake));  step D   (per micro-batch:
-        G phase: D frozen (raw module);  L_G = g_loss(D(G(z')));           step G    backward; step at the last)
+        real, c <- next batch of this rank (uint8 on the host) -> device, [-1, 1]; c: class labels or None
+        lr     <- schedule(kimg) (schedule.py)
+        D phase: fake = G(z, c').detach();  L_D = d_loss(D(aug(real), c), D(aug(fake), c'))
+                 [+ lecam_weight * LeCam] [+ gp_weight * gradient penalty];  step D
+        G phase: D frozen (raw module);  L_G = g_loss(D(aug(G(z'', c'')), c''));  step G
+                 (each phase in micro-batches under gradient accumulation: backward each, step at the last)
+        R1 phase, every r1_interval steps: r1_gamma/2 * r1_interval * |grad D(aug(real))|^2;  step D
+        ADA, every augment.interval steps: p += sign(E[sign D(aug(real))] - target) * images / speed
                  (a NaN/Inf loss or gradient on any rank: every rank skips that step;
                   faults.max_bad_steps in a row: roll back to the last checkpoint)
         G_ema  <- lerp towards G (gathered under ZeRO-3) with a half-life of train.ema_kimg
         nimg += global batch
+        every metrics interval: all ranks generate and embed a share; rank 0 computes FID/KID/PR
         once per tick:     reduce stats across ranks; rank 0 writes stats.jsonl, W&B, the bar
         every snapshot:    rank 0 writes a G_ema grid of the fixed noise to samples/
         every checkpoint:  all ranks save (state.py, checkpoint.py; DeepSpeed engines into ds_G/, ds_D/)
         every few steps:   all ranks agree whether to stop early (signal, stop file, time budget)
-    at the end: grid, checkpoint, parameter checksums of every rank in summary.json;
+    at the end: grid, metrics, checkpoint, parameter checksums of every rank in summary.json;
     stopped early: also a REQUEUE marker, and the process exits with REQUEUE_EXIT_CODE
 
-z is drawn for the global batch from one generator shared by all ranks and each rank takes its
-slice, so a run's noise does not depend on the number of ranks.
+z (and c' for conditional fakes) is drawn for the global batch from one generator shared by all
+ranks and each rank takes its slice, so a run's noise does not depend on the number of ranks.
+Augmentation and StyleGAN2's noise inputs use the global generator, seeded per rank.
 """
 
 from __future__ import annotations
@@ -28,20 +35,24 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
 
 from gandist import checkpoint
+from gandist.augment import AugmentPipe
 from gandist.config import Config, ConfigError, to_dict, to_yaml, validate
-from gandist.data import ShardLoader, StreamSpec, check_dataset, expand_shards, make_loader, to_device_float
+from gandist.data import DataError, ShardLoader, StreamSpec, check_dataset, expand_shards, make_loader, to_device_float
 from gandist.ema import ema_beta, make_ema, update_ema
 from gandist.images import make_grid, save_grid
 from gandist.losses import get_losses
+from gandist.metrics import Evaluator
 from gandist.models import build_models
 from gandist.preemption import StopRequested, clear_requeue_marker, write_requeue_marker
+from gandist.regularizers import LeCam, gradient_penalty, r1_penalty
+from gandist.schedule import lr_multiplier
 from gandist.state import Progress, TrainState, data_key
 from gandist.strategy import Strategy, make_strategy
 from gandist.trackers import Trackers, environment_summary
@@ -56,37 +67,73 @@ class Phases:
     d_loss: Callable[..., torch.Tensor]
     g_loss: Callable[..., torch.Tensor]
     stats: TickStats
+    augment: AugmentPipe = field(default_factory=AugmentPipe)  # identity unless configured
+    lecam: LeCam | None = None
+    lecam_weight: float = 0.0
+    gp_weight: float = 0.0
     guard: bool = False
     poison: bool = False  # debug.nan_at_steps: make this step's D loss NaN
 
-    def d_phase(self, real: torch.Tensor, z: torch.Tensor) -> bool:
-        """One D step on this rank's real batch and fakes from z (G not trained); False if skipped."""
+    def d_phase(
+        self,
+        real: torch.Tensor,
+        z: torch.Tensor,
+        c_real: torch.Tensor | None = None,
+        c_fake: torch.Tensor | None = None,
+    ) -> bool:
+        """One D step on this rank's real batch and fakes from z (G not trained); c: class labels or None.
+
+        False if the non-finite guard skipped the step.
+        """
         s = self.strategy
         G, D = s.train_forward("G"), s.train_forward("D")
         with s.autocast():
             with torch.no_grad():
-                fake = G(z)
-            real_logits = D(real)
-            fake_logits = D(fake)
+                fake = G(z, c_fake)
+            real_logits = D(self.augment(real), c_real)
+            fake_logits = D(self.augment(fake), c_fake)
             loss = self.d_loss(real_logits.float(), fake_logits.float())
             if self.poison:
                 loss = loss * float("nan")
-        ok = self._record("D", s.backward_and_step("D", loss, guard=self.guard))
+        regularized = loss
+        if self.lecam is not None:
+            lecam = self.lecam.penalty(real_logits.float(), fake_logits.float())
+            regularized = regularized + self.lecam_weight * lecam
+            self.stats.add("loss/lecam", lecam)
+        if self.gp_weight > 0:  # in fp32: a gradient of a gradient
+            gp = gradient_penalty(D, real, fake, c_real)[0].mean()
+            regularized = regularized + self.gp_weight * gp
+            self.stats.add("loss/gp", gp)
+        ok = self._record("D", s.backward_and_step("D", regularized, guard=self.guard))
+        self.augment.observe(real_logits)
         if ok:
             self.stats.add("loss/D", loss)
             self.stats.add("score/real", real_logits.detach().float().mean())
             self.stats.add("score/fake", fake_logits.detach().float().mean())
         return ok
 
-    def g_phase(self, z: torch.Tensor) -> bool:
+    def g_phase(self, z: torch.Tensor, c: torch.Tensor | None = None) -> bool:
         """One G step through a frozen D; False if skipped."""
         s = self.strategy
         G = s.train_forward("G")
         with s.frozen("D") as D, s.autocast():
-            loss = self.g_loss(D(G(z)).float())
+            loss = self.g_loss(D(self.augment(G(z, c)), c).float())
         ok = self._record("G", s.backward_and_step("G", loss, guard=self.guard))
         if ok:
             self.stats.add("loss/G", loss)
+        return ok
+
+    def r1_phase(self, real: torch.Tensor, c: torch.Tensor | None, gamma: float, interval: int) -> bool:
+        """Lazy R1 as its own D step: gamma/2 * E|grad D(aug(real))|^2, scaled by the steps it stands for."""
+        s = self.strategy
+        with torch.no_grad():
+            images = self.augment(real)
+        penalty, logits = r1_penalty(s.train_forward("D"), images, c)
+        # logits * 0: every D parameter takes part in this backward, as DDP's reducer expects
+        loss = penalty.mean() * (gamma / 2 * interval) + logits.float().sum() * 0
+        ok = self._record("D_r1", s.backward_and_step("D", loss, guard=self.guard))
+        if ok:
+            self.stats.add("loss/r1", penalty.mean())
         return ok
 
     def _record(self, name: str, step_stats: dict[str, torch.Tensor]) -> bool:
@@ -101,17 +148,26 @@ class Phases:
             self.stats.add(f"skipped_frac/{name}", step_stats["skipped"])
         return True
 
-    def step(self, real: torch.Tensor, z_d: torch.Tensor, z_g: torch.Tensor) -> bool:
+    def step(
+        self,
+        real: torch.Tensor,
+        z_d: torch.Tensor,
+        z_g: torch.Tensor,
+        c_real: torch.Tensor | None = None,
+        c_d: torch.Tensor | None = None,
+        c_g: torch.Tensor | None = None,
+    ) -> bool:
         """One D step then one G step on this rank's batch, each in strategy.accumulation micro-batches.
 
         False if the non-finite guard skipped either step.
         """
         n = self.strategy.accumulation
+        split = lambda x: x.chunk(n) if x is not None else [None] * n  # noqa: E731
         ok = True
-        for real_i, z_i in zip(real.chunk(n), z_d.chunk(n)):
-            ok = self.d_phase(real_i, z_i) and ok
-        for z_i in z_g.chunk(n):
-            ok = self.g_phase(z_i) and ok
+        for real_i, z_i, cr_i, cd_i in zip(real.chunk(n), z_d.chunk(n), split(c_real), split(c_d)):
+            ok = self.d_phase(real_i, z_i, cr_i, cd_i) and ok
+        for z_i, c_i in zip(z_g.chunk(n), split(c_g)):
+            ok = self.g_phase(z_i, c_i) and ok
         return ok
 
 
@@ -119,7 +175,25 @@ def build_nets(cfg: Config) -> tuple[torch.nn.Module, torch.nn.Module]:
     """G and D from the model config, with identical initial weights on every rank (seeded)."""
     m = cfg.model
     torch.manual_seed(cfg.train.seed)
-    return build_models(m.arch, m.resolution, m.channels, m.z_dim, m.g_width, m.d_width)
+    return build_models(m.arch, m.resolution, m.channels, m.z_dim, m.g_width, m.d_width, num_classes=m.num_classes)
+
+
+def class_labels(labels: torch.Tensor, num_classes: int, shards: str) -> torch.Tensor:
+    """Check a host batch of labels for a conditional model (-1 means the sample had no cls)."""
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise DataError(
+            f"model.num_classes={num_classes} but data.shards={shards or '<embedded sample>'!r} has "
+            f"{'samples without a cls label' if low < 0 else f'label {high}'}: write labels 0..{num_classes - 1} "
+            "into the shards or set model.num_classes=0 (unconditional)"
+        )
+    return labels
+
+
+def lazy_regularization_opt(opt_cfg, interval: int):
+    """Adam settings of a net regularised every `interval` steps (StyleGAN2): lr and betas scaled by k/(k+1)."""
+    ratio = interval / (interval + 1)
+    return replace(opt_cfg, lr=opt_cfg.lr * ratio, betas=tuple(b**ratio for b in opt_cfg.betas))
 
 
 def make_optimizer(params, opt_cfg) -> torch.optim.Adam:
@@ -229,14 +303,45 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
     run_dir = _run_dir(cfg, strategy)
 
     G, D = build_nets(cfg)
+    torch.manual_seed(t.seed + 7919 * (rank + 1))  # per-rank augmentations and noise inputs; weights stay equal
     G, D = G.to(device, memory_format=memory_format), D.to(device, memory_format=memory_format)
     G_ema = make_ema(G)
+    d_opt = lazy_regularization_opt(cfg.D_opt, t.r1_interval) if t.r1_gamma > 0 else cfg.D_opt
     strategy.add("G", G, make_optimizer(G.parameters(), cfg.G_opt))
-    strategy.add("D", D, make_optimizer(D.parameters(), cfg.D_opt))
-    state = TrainState(cfg, strategy, G, D, G_ema, noise=torch.Generator(device=device).manual_seed(t.seed + 1))
+    strategy.add("D", D, make_optimizer(D.parameters(), d_opt))
+    base_lr = {"G": cfg.G_opt.lr, "D": d_opt.lr}
+    a = cfg.augment
+    augment = AugmentPipe(a.diffaugment, a.ada, a.p, a.target, a.speed_kimg, device)
+    lecam = LeCam(t.lecam_decay, device) if t.lecam_weight > 0 else None
+    state = TrainState(
+        cfg,
+        strategy,
+        G,
+        D,
+        G_ema,
+        noise=torch.Generator(device=device).manual_seed(t.seed + 1),
+        augment=augment,
+        lecam=lecam,
+    )
     stats = TickStats(device)
-    phases = Phases(strategy, *get_losses(t.loss), stats, guard=cfg.faults.nan_guard)
+    phases = Phases(
+        strategy, *get_losses(t.loss), stats, augment, lecam, t.lecam_weight, t.gp_weight, guard=cfg.faults.nan_guard
+    )
+    num_classes = cfg.model.num_classes
     grid_z = torch.randn(t.grid_size, cfg.model.z_dim, generator=torch.Generator().manual_seed(t.seed + 2)).to(device)
+    grid_c = torch.arange(t.grid_size, device=device) % num_classes if num_classes else None
+    evaluator = None
+    if cfg.metrics.interval_kimg > 0:  # built now: a missing feature network fails before training, not after
+        evaluator = Evaluator(
+            cfg.metrics,
+            cfg.metrics.reference or cfg.data.shards,
+            cfg.model.resolution,
+            cfg.model.channels,
+            device,
+            rank,
+            world,
+            say=lambda text: reporter.message(text),
+        )
 
     resume_from = _resume_path(cfg, run_dir)
     if resume_from is not None:
@@ -275,7 +380,7 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
     def write_grid() -> None:
         if strategy.is_main:
             with torch.no_grad(), strategy.autocast():
-                images = G_ema(grid_z)
+                images = G_ema(grid_z, grid_c)
             kimg = progress.nimg / 1000
             save_grid(images, run_dir / "samples" / f"fakes-{kimg:010.3f}kimg.png")
             if cfg.tracking.log_images:
@@ -292,10 +397,26 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
     next_snapshot = progress.nimg + t.snapshot_kimg * 1000
     next_checkpoint = progress.nimg + t.checkpoint_kimg * 1000 if t.checkpoint_kimg > 0 else float("inf")
     steps_this_job, bad_in_a_row, stopped_early = 0, 0, False
+    metrics_every = cfg.metrics.interval_kimg * 1000
+    next_metrics = (progress.nimg // metrics_every + 1) * metrics_every if evaluator is not None else float("inf")
+    schedule = t.lr_warmup_kimg > 0 or t.lr_decay != "constant"
+    ada_nimg = 0
+
+    def run_metrics() -> None:
+        nonlocal tick_start_time
+        strategy.sync_buffers(G_ema)  # BatchNorm statistics differ per rank: measure rank 0's G_ema everywhere
+        results = evaluator(G_ema, cfg.model.z_dim, num_classes, seed=t.seed)
+        for key, value in results.items():
+            stats.add(key, torch.tensor(value, device=device))
+        if strategy.is_main:
+            with (run_dir / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps({"kimg": round(progress.nimg / 1000, 3), "step": progress.step, **results}) + "\n")
+            reporter.message(f"gandist: metrics at {progress.nimg / 1000:.3f} kimg: " + json.dumps(results))
+        tick_start_time += results["metrics/seconds"]  # keep images_per_s about training
 
     while progress.nimg < total_nimg and not (t.max_steps and steps_this_job >= t.max_steps) and not stopped_early:
         t_wait = time.perf_counter()
-        images, _labels = next(batches)
+        images, labels = next(batches)
         wait_time += time.perf_counter() - t_wait
         if progress.step == 0 and strategy.is_main:
             reals = images[: t.grid_size]
@@ -303,6 +424,12 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
             if cfg.tracking.log_images:
                 trackers.log_image("samples/reals", make_grid(reals), "real training images", 0)
         real = to_device_float(images, device, memory_format)
+        c_real = class_labels(labels, num_classes, cfg.data.shards).to(device) if num_classes else None
+        if schedule:
+            factor = lr_multiplier(progress.nimg / 1000, t.kimg, t.lr_warmup_kimg, t.lr_decay, t.lr_final)
+            for name in ("G", "D"):
+                for group in strategy.optimizer(name).param_groups:
+                    group["lr"] = base_lr[name] * factor
         if steps_this_job == cfg.debug.fail_at_step and rank == cfg.debug.fail_rank:
             raise RuntimeError(f"debug.fail_at_step={cfg.debug.fail_at_step}: injected failure on rank {rank}")
         phases.poison = steps_this_job in cfg.debug.nan_at_steps and cfg.debug.nan_rank in (-1, rank)
@@ -310,7 +437,19 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
         z_d = torch.randn(t.batch, cfg.model.z_dim, device=device, generator=state.noise)
         z_g = torch.randn(t.batch, cfg.model.z_dim, device=device, generator=state.noise)
         mine = slice(rank * batch_per_gpu, (rank + 1) * batch_per_gpu)
-        ok = phases.step(real, z_d[mine], z_g[mine])
+        c_d = c_g = None
+        if num_classes:
+            c_d = torch.randint(num_classes, (t.batch,), device=device, generator=state.noise)[mine]
+            c_g = torch.randint(num_classes, (t.batch,), device=device, generator=state.noise)[mine]
+        ok = phases.step(real, z_d[mine], z_g[mine], c_real, c_d, c_g)
+        if t.r1_gamma > 0 and progress.step % t.r1_interval == 0:
+            ok = phases.r1_phase(real, c_real, t.r1_gamma, t.r1_interval) and ok
+        ada_nimg += t.batch
+        if augment.adaptive and (progress.step + 1) % cfg.augment.interval == 0:
+            stats.add("augment/rt", augment.adjust(ada_nimg, strategy.reduce_mean))
+            ada_nimg = 0
+        if augment.ada_ops:
+            stats.add("augment/p", augment.p)
 
         with strategy.gathered("G") as G_full:
             update_ema(G_ema, G_full, ema_beta(t.batch, progress.nimg, t.ema_kimg, t.ema_rampup))
@@ -330,6 +469,10 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
         done = progress.nimg >= total_nimg or (t.max_steps and steps_this_job >= t.max_steps)
         if not done and stopper.should_stop(progress.step, strategy.reduce_max, device):
             done = stopped_early = True
+        if evaluator is not None and (progress.nimg >= next_metrics or done):
+            run_metrics()
+            while next_metrics <= progress.nimg:
+                next_metrics += metrics_every
         if progress.nimg >= next_tick or done:
             means = stats.means(strategy.reduce_mean)
             elapsed = time.perf_counter() - tick_start_time

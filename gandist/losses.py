@@ -6,6 +6,13 @@ Non-saturating (Goodfellow et al. 2014, the seed DCGAN's loss):
 Hinge (Lim & Ye 2017; Miyato et al. 2018):
     L_D = relu(1 - D(x)) + relu(1 + D(G(z)))
     L_G = -D(G(z))
+Least squares (Mao et al. 2017, targets a=0 for fakes, b=c=1 for reals):
+    L_D = (D(x) - 1)^2 / 2 + D(G(z))^2 / 2
+    L_G = (D(G(z)) - 1)^2 / 2
+Wasserstein (Arjovsky et al. 2017), with the gradient penalty of Gulrajani et al. 2017 added by
+the training loop (train.gp_weight, see regularizers.gradient_penalty):
+    L_D = D(G(z)) - D(x)
+    L_G = -D(G(z))
 """
 
 from __future__ import annotations
@@ -36,9 +43,31 @@ def hinge_g(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()
 
 
+def least_squares_d(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """D's least-squares loss: (D(x) - 1)^2 / 2 + D(G(z))^2 / 2."""
+    return 0.5 * (real_logits - 1.0).square().mean() + 0.5 * fake_logits.square().mean()
+
+
+def least_squares_g(fake_logits: torch.Tensor) -> torch.Tensor:
+    """G's least-squares loss: (D(G(z)) - 1)^2 / 2."""
+    return 0.5 * (fake_logits - 1.0).square().mean()
+
+
+def wgan_d(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """The critic's Wasserstein loss: D(G(z)) - D(x) (needs a Lipschitz constraint, e.g. the gradient penalty)."""
+    return fake_logits.mean() - real_logits.mean()
+
+
+def wgan_g(fake_logits: torch.Tensor) -> torch.Tensor:
+    """G's Wasserstein loss: -D(G(z))."""
+    return -fake_logits.mean()
+
+
 LOSSES: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]] = {
     "nonsaturating": (nonsaturating_d, nonsaturating_g),
     "hinge": (hinge_d, hinge_g),
+    "least_squares": (least_squares_d, least_squares_g),
+    "wgan": (wgan_d, wgan_g),
 }
 
 

@@ -53,6 +53,10 @@ class TrainState:
     D: nn.Module
     G_ema: nn.Module
     noise: torch.Generator
+    augment: object | None = None
+    """The augmentation pipeline (its adaptive probability is state), or None."""
+    lecam: object | None = None
+    """The LeCam regulariser (its EMAs of D's outputs are state), or None."""
     progress: Progress = field(default_factory=Progress)
 
     def shared_state(self, nets: dict) -> dict:
@@ -72,6 +76,8 @@ class TrainState:
             "world_size": self.strategy.world_size,
             "tracker_run_id": p.tracker_run_id,
             "config": to_dict(self.cfg),
+            "augment": self.augment.state_dict() if self.augment is not None else None,
+            "lecam": self.lecam.state_dict() if self.lecam is not None else None,
         }
 
     def rank_state(self) -> dict:
@@ -110,6 +116,9 @@ class TrainState:
         except (KeyError, RuntimeError, ValueError) as e:
             raise checkpoint.CheckpointError(f"checkpoint {path} does not fit this run's nets: {e}") from e
         self.noise.set_state(shared["noise"].to(self.noise.get_state().device))
+        for name in ("augment", "lecam"):
+            if getattr(self, name) is not None and shared.get(name) is not None:
+                getattr(self, name).load_state_dict(shared[name])
         saved = shared.get("progress", {"nimg": shared["nimg"], "step": shared["step"]})
         fresh = Progress(**{k: v for k, v in saved.items() if k in Progress.__dataclass_fields__})
         for key, value in vars(fresh).items():  # in place: the loop holds on to this object

@@ -1,22 +1,57 @@
-"""Generators and discriminators: plain single-device PyTorch modules (they import torch only)."""
+"""Generators and discriminators: plain single-device PyTorch modules (they import torch only).
+
+Every G is called as G(z, c) and every D as D(x, c), with c the int64 class labels of a
+class-conditional model (model.num_classes > 0) or None.
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
 from gandist.models.dcgan import Discriminator, Generator
+from gandist.models.resnet import ResNetDiscriminator, ResNetGenerator
+from gandist.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
+
+ARCHS = ("dcgan", "resnet", "stylegan2")
 
 
 def build_models(
-    arch: str, resolution: int, channels: int, z_dim: int, g_width: int, d_width: int
+    arch: str,
+    resolution: int,
+    channels: int,
+    z_dim: int,
+    g_width: int,
+    d_width: int,
+    num_classes: int = 0,
 ) -> tuple[nn.Module, nn.Module]:
-    """Return (G, D) for an architecture name."""
+    """Return (G, D) for an architecture name; num_classes > 0 makes both class-conditional."""
     if arch == "dcgan":
+        if num_classes:
+            raise ValueError("the DCGAN is unconditional: use arch resnet or stylegan2 for num_classes > 0")
         return (
             Generator(resolution, z_dim=z_dim, width=g_width, channels=channels),
             Discriminator(resolution, width=d_width, channels=channels),
         )
-    raise ValueError(f"unknown architecture {arch!r} (known: dcgan)")
+    if arch == "resnet":
+        return (
+            ResNetGenerator(resolution, z_dim=z_dim, width=g_width, channels=channels, num_classes=num_classes),
+            ResNetDiscriminator(resolution, width=d_width, channels=channels, num_classes=num_classes),
+        )
+    if arch == "stylegan2":
+        return (
+            StyleGAN2Generator(resolution, z_dim=z_dim, width=g_width, channels=channels, num_classes=num_classes),
+            StyleGAN2Discriminator(resolution, width=d_width, channels=channels, num_classes=num_classes),
+        )
+    raise ValueError(f"unknown architecture {arch!r} (known: {', '.join(ARCHS)})")
 
 
-__all__ = ["Generator", "Discriminator", "build_models"]
+__all__ = [
+    "ARCHS",
+    "Discriminator",
+    "Generator",
+    "ResNetDiscriminator",
+    "ResNetGenerator",
+    "StyleGAN2Discriminator",
+    "StyleGAN2Generator",
+    "build_models",
+]

@@ -46,7 +46,8 @@ class Generator(nn.Module):
         self.main = nn.Sequential(*layers)
         self.apply(init_weights)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        _unconditional(c)
         if z.dim() == 2:
             z = z[:, :, None, None]
         return self.main(z)
@@ -68,8 +69,14 @@ class Discriminator(nn.Module):
         self.main = nn.Sequential(*layers)
         self.apply(init_weights)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        _unconditional(c)
         return self.main(x)
+
+
+def _unconditional(c: torch.Tensor | None) -> None:
+    if c is not None:  # the loop passes c=None for unconditional models; labels here are a wiring error
+        raise ValueError("the DCGAN is unconditional but was given class labels")
 
 
 def init_weights(m: nn.Module) -> None:

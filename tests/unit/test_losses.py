@@ -36,3 +36,20 @@ def test_registry():
     assert get_losses("hinge") == (hinge_d, hinge_g)
     with pytest.raises(ValueError, match="unknown loss"):
         get_losses("nope")
+
+
+def test_least_squares_by_hand():
+    from gandist.losses import least_squares_d, least_squares_g
+
+    real, fake = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
+    assert least_squares_d(real, fake).item() == pytest.approx(0.5 * (0 + 1) / 2 + 0.5 * (0 + 4) / 2)
+    assert least_squares_g(fake).item() == pytest.approx(0.5 * (1 + 1) / 2)
+
+
+def test_wgan_by_hand():
+    from gandist.losses import wgan_d, wgan_g
+
+    real, fake = torch.tensor([3.0, 1.0]), torch.tensor([-1.0, 0.0])
+    assert wgan_d(real, fake).item() == pytest.approx(-0.5 - 2.0)
+    assert wgan_g(fake).item() == pytest.approx(0.5)
+    assert set(get_losses.__globals__["LOSSES"]) == {"nonsaturating", "hinge", "least_squares", "wgan"}

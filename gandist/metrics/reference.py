@@ -1,0 +1,145 @@
+"""Reference statistics of a dataset in a feature space: computed once, cached next to the shards.
+
+    cache file: <folder of the first shard>/gandist-stats/<net>-<key>.pt
+                (the embedded sample and unwritable folders: ~/.cache/gandist/stats/, or metrics.stats_cache)
+
+The key hashes the feature network's file, the shard list (paths, sizes, modification times),
+the resolution, the channels and the number of images, so a changed dataset or network is never
+served stale statistics. The file holds the mean and covariance of all embedded images and the
+features of a fixed random subset of them (for KID and precision/recall).
+
+Distributed: sample i (in shard order) is embedded by rank i % world; features are gathered;
+rank 0 writes the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import webdataset as wds
+
+from gandist.data import EMBEDDED_DIR, decode_image, expand_shards, to_device_float
+from gandist.metrics.features import FeatureNet
+from gandist.metrics.frechet import feature_stats
+from gandist.metrics.gather import all_gather_rows, barrier, broadcast_object
+
+USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gandist" / "stats"
+
+
+def iter_images(
+    urls: list[str], channels: int, resolution: int, batch: int, rank: int = 0, world: int = 1, limit: int = 0
+) -> Iterator[torch.Tensor]:
+    """uint8 N x C x H x W batches of this rank's share of the first `limit` samples (0: all), in shard order."""
+    samples = wds.tarfile_to_samples(handler=wds.reraise_exception)(iter([{"url": u} for u in urls]))
+    images: list[torch.Tensor] = []
+    for index, sample in enumerate(samples):
+        if limit and index >= limit:
+            break
+        if index % world != rank:
+            continue
+        images.append(decode_image(sample, channels, resolution))
+        if len(images) == batch:
+            yield torch.stack(images)
+            images = []
+    if images:
+        yield torch.stack(images)
+
+
+def _local(url: str) -> Path | None:
+    if url.startswith("file:"):
+        return Path(url[5:])
+    if ":" in url.split("/", 1)[0]:  # http:, pipe:, s3: ...
+        return None
+    return Path(url)
+
+
+def cache_path(urls: list[str], net: FeatureNet, resolution: int, channels: int, limit: int, cache_dir: str) -> Path:
+    """Where the reference statistics of these shards in this feature space are (or will be) cached."""
+    described = []
+    for url in urls:
+        path = _local(url)
+        if path is not None and path.is_file():
+            st = path.stat()
+            described.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
+        else:
+            described.append([url])
+    payload = json.dumps([described, net.identity, resolution, channels, limit]).encode()
+    name = f"{net.name}-{hashlib.sha256(payload).hexdigest()[:16]}.pt"
+    if cache_dir:
+        return Path(cache_dir) / name
+    first = _local(urls[0])
+    if first is None or first.resolve().parent == EMBEDDED_DIR.resolve():
+        return USER_CACHE / name
+    folder = first.resolve().parent / "gandist-stats"
+    if not os.access(first.resolve().parent, os.W_OK) and not folder.is_dir():
+        return USER_CACHE / name
+    return folder / name
+
+
+def compute_reference(
+    net: FeatureNet,
+    urls: list[str],
+    resolution: int,
+    channels: int,
+    device: torch.device,
+    batch: int = 256,
+    limit: int = 0,
+    keep_features: int = 10_000,
+    rank: int = 0,
+    world: int = 1,
+) -> dict:
+    """Embed the reference images (every rank its share) and return their statistics (on every rank)."""
+    local = [
+        net(to_device_float(images, device, torch.contiguous_format))
+        for images in iter_images(urls, channels, resolution, batch, rank, world, limit)
+    ]
+    if not local:  # a rank with no share still needs the feature width for the gather
+        local = [net(torch.zeros(1, channels, resolution, resolution, device=device))[:0]]
+    mine = torch.cat(local)
+    # back to shard order (rank r holds samples r, r + world, ...): the same result for any world size
+    index = torch.arange(mine.shape[0], device=mine.device, dtype=torch.float64)[:, None] * world + rank
+    gathered = all_gather_rows(torch.cat([index, mine.double()], dim=1)).cpu()
+    features = gathered[gathered[:, 0].argsort(), 1:].float()
+    if features.shape[0] < 2:
+        raise ValueError(f"reference shards {urls[0]}... hold {features.shape[0]} image(s): need at least 2")
+    mu, sigma = feature_stats(features)
+    subset = torch.randperm(features.shape[0], generator=torch.Generator().manual_seed(0))[:keep_features]
+    return {"mu": mu, "sigma": sigma, "features": features[subset.sort().values].clone(), "count": features.shape[0]}
+
+
+def load_reference(
+    net: FeatureNet,
+    shards: str,
+    resolution: int,
+    channels: int,
+    device: torch.device,
+    batch: int = 256,
+    limit: int = 0,
+    keep_features: int = 10_000,
+    cache_dir: str = "",
+    rank: int = 0,
+    world: int = 1,
+    say: Callable[[str], None] = print,
+) -> dict | None:
+    """The reference statistics on rank 0 (None elsewhere), from the cache or computed and cached (collective)."""
+    urls = expand_shards(shards)
+    path = cache_path(urls, net, resolution, channels, limit, cache_dir)
+    cached = broadcast_object(path.is_file() if rank == 0 else None)
+    if cached:
+        return torch.load(path, map_location="cpu", weights_only=True) if rank == 0 else None
+    if rank == 0:
+        say(f"gandist: computing reference statistics of {shards or 'the embedded sample'} in the {net.name} space")
+    stats = compute_reference(net, urls, resolution, channels, device, batch, limit, keep_features, rank, world)
+    if rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        torch.save(stats, tmp)
+        os.replace(tmp, path)
+        say(f"gandist: reference statistics of {stats['count']} images cached in {path}")
+    barrier()
+    return stats if rank == 0 else None

@@ -1,0 +1,74 @@
+"""Whole tiny runs of the quality recipes in one process; `gandist evaluate` errors."""
+
+import json
+import subprocess
+
+import pytest
+
+from gandist.checkpoint import complete_checkpoints, load_checkpoint
+from tests.conftest import BIN, PYTHON, ROOT, run
+
+pytestmark = pytest.mark.slow
+
+
+def test_stylegan2_conditional_wgan_gp_run_resumes_augment_and_lecam_state(tmp_path, tiny_shards):
+    args = [
+        PYTHON,
+        "-m",
+        "gandist.train",
+        "--config",
+        str(ROOT / "configs/tiny.yaml"),
+        f"output_dir={tmp_path}",
+        "run_name=s",
+        f"data.shards={tiny_shards}",
+        "model.arch=stylegan2",
+        "model.num_classes=10",
+        "train.loss=wgan",
+        "train.gp_weight=10",
+        "train.lecam_weight=0.1",
+        "train.lr_warmup_kimg=0.1",
+        "train.lr_decay=linear",
+        "augment.ada=xflip,translate,scale,contrast",
+        "augment.p=0.5",
+        "augment.interval=4",
+    ]
+    run(args)
+    first, _ = load_checkpoint(complete_checkpoints(tmp_path / "s")[-1])
+    p1 = first["augment"]["p"].item()
+    assert p1 != 0.5 and abs(p1 - 0.5) <= 2 * 4 * 32 / 100_000 + 1e-6  # two adjustments of 128 images each
+    assert first["lecam"]["ema_real"] != 0
+    # resume with the config's p back at 0: one more step (no adjustment) must keep the checkpoint's p
+    run([*args, "augment.p=0.0", "train.kimg=1", "train.max_steps=1"])
+    second, _ = load_checkpoint(complete_checkpoints(tmp_path / "s")[-1])
+    assert second["step"] == first["step"] + 1
+    assert second["augment"]["p"].item() == p1
+    stats = [json.loads(line) for line in (tmp_path / "s" / "stats.jsonl").read_text().splitlines()]
+    assert all("loss/gp" in s and "loss/lecam" in s for s in stats)
+    assert stats[0]["lr/G"] < 2e-4  # warm-up
+    G_ema = second["G_ema"]
+    assert any(k.endswith("noise_strength") for k in G_ema) and any("mapping" in k for k in G_ema)
+
+
+def test_evaluate_says_where_the_inception_weights_go(tmp_path, tiny_shards):
+    run([PYTHON, "-m", "gandist.train", "--config", str(ROOT / "configs/tiny.yaml"), f"output_dir={tmp_path}",
+         "run_name=e", f"data.shards={tiny_shards}", "train.kimg=0.064"])  # fmt: skip
+    env = {"TORCH_HOME": str(tmp_path / "torch"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(BIN / "gandist"), "evaluate", str(tmp_path / "e")], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert proc.returncode == 2
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / "inception-2015-12-05.pt") in proc.stderr
+    proc = subprocess.run(
+        [str(BIN / "gandist"), "evaluate", str(tmp_path / "nothing")], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 2 and "neither a complete checkpoint" in proc.stderr
+
+
+def test_metrics_during_training_fail_before_training_without_weights(tmp_path, tiny_shards):
+    proc = subprocess.run(
+        [PYTHON, "-m", "gandist.train", "--config", str(ROOT / "configs/tiny.yaml"), f"output_dir={tmp_path}",
+         "run_name=m", f"data.shards={tiny_shards}", "metrics.interval_kimg=0.1"],
+        capture_output=True, text=True, env={"TORCH_HOME": str(tmp_path / "hub"), "PATH": ""}, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "inception-2015-12-05.pt" in proc.stderr
+    assert not (tmp_path / "m" / "stats.jsonl").exists()  # no training step was taken
