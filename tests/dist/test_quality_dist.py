@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import BIN, PYTHON, ROOT, accelerate_cmd, run
+from tests.conftest import BIN, ROOT, accelerate_cmd, run
 
 pytestmark = pytest.mark.slow
 
