@@ -20,7 +20,8 @@ Steps (each cached under --work, default runs/quality/, and reused when present)
       best    gandist, --best-config (configs/fashion_mnist_best.yaml)
     gandist runs are measured on G_ema and on G; the plain loop has no G_ema.
  4. a table (Markdown and JSON) in --work: FD, KID, precision, recall, training speed; and the
-    ratio FD(best) / FD(seed, G_ema). The goal is <= 1/3.
+    ratio FD(best) / FD(seed, G_ema). The goal is <= 1/3. With --every K, every run also measures
+    itself every K kimg during training (2,000 fakes: noisier, for the FD-vs-kimg curves).
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ def metrics_overrides(net: Path, test: str, num_fake: int) -> list[str]:
 
 
 def gandist_run(name: str, config: Path, train: str, kimg: float, work: Path, extra: list[str]) -> tuple[Path, dict]:
-    """Train with gandist in a subprocess unless a finished run of this budget exists; returns (run dir, summary)."""
+    """Train with gandist in a subprocess unless the run has reached `kimg` (a shorter run is continued)."""
     run_dir = work / "runs" / name
     summary_path = run_dir / "summary.json"
     if not (summary_path.is_file() and json.loads(summary_path.read_text())["kimg"] >= kimg):
@@ -221,12 +222,16 @@ class PlainGenerator(nn.Module):
         return self.net(z[:, :, None, None])
 
 
-def plain_run(idx_dir: Path, kimg: float, work: Path, batch: int) -> tuple[Path, dict]:
-    """plain_gan.py's DCGAN (nc=1, width 64, nz=100) and its exact step code, fed real Fashion-MNIST batches."""
-    path = work / "runs" / f"plain-{kimg:g}kimg" / "G.pt"
-    info_path = path.with_name("info.json")
-    if path.is_file() and info_path.is_file():
-        return path, json.loads(info_path.read_text())
+def plain_run(idx_dir: Path, kimg: float, work: Path, batch: int, every: float = 0, measure=None) -> tuple[Path, dict]:
+    """plain_gan.py's DCGAN (nc=1, width 64, nz=100) and its exact step code, fed real Fashion-MNIST batches.
+
+    With `every` > 0, `measure(G)` is called every that many kimg (its time is not counted as training).
+    """
+    path = work / "runs" / "plain" / "G.pt"
+    info_path, state_path = path.with_name("info.json"), path.with_name("state.pt")
+    done = json.loads(info_path.read_text()) if info_path.is_file() else {"kimg": 0, "train_seconds": 0.0, "curve": []}
+    if path.is_file() and done["kimg"] >= kimg:
+        return path, done
     path.parent.mkdir(parents=True, exist_ok=True)
     plain = _plain_gan_module()
     images, _ = load_arrays(idx_dir, "train")
@@ -257,10 +262,17 @@ def plain_run(idx_dir: Path, kimg: float, work: Path, batch: int) -> tuple[Path,
         return loss.detach()
 
     steps = int(kimg * 1000) // batch
-    order, pos = torch.randperm(len(images)), 0
-    log(f"plain loop: {steps} steps of batch {batch}")
-    start = time.perf_counter()
-    for step in range(steps):
+    order, pos, first = torch.randperm(len(images)), 0, 0
+    if state_path.is_file():  # continue a shorter run of this loop (as gandist runs continue theirs)
+        state = torch.load(state_path, weights_only=False)
+        for module, key in ((G, "G"), (D, "D"), (opt_g, "opt_g"), (opt_d, "opt_d")):
+            module.load_state_dict(state[key])
+        order, pos, first = state["order"], state["pos"], state["step"]
+        torch.set_rng_state(state["rng"])
+    log(f"plain loop: steps {first}..{steps} of batch {batch}")
+    start, paused, curve = time.perf_counter(), 0.0, done["curve"]
+    next_measure = (first * batch // (every * 1000) + 1) * every * 1000 if every > 0 else float("inf")
+    for step in range(first, steps):
         if pos + batch > len(order):
             order, pos = torch.randperm(len(images)), 0
         real = to_float(images[order[pos : pos + batch]])
@@ -268,26 +280,54 @@ def plain_run(idx_dir: Path, kimg: float, work: Path, batch: int) -> tuple[Path,
         ld, lg = d_step(real), g_step()
         if (step + 1) % 200 == 0:
             log(f"plain loop: {(step + 1) * batch / 1000:.1f} kimg, loss D {ld.item():.3f} G {lg.item():.3f}")
-    seconds = time.perf_counter() - start
+        nimg = (step + 1) * batch
+        if nimg >= next_measure or (step == steps - 1 and every > 0):
+            t0 = time.perf_counter()
+            curve.append({"kimg": round(nimg / 1000, 3), **measure(PlainGenerator(G))})
+            G.train()
+            paused += time.perf_counter() - t0
+            while next_measure <= nimg:
+                next_measure += every * 1000
+    seconds = time.perf_counter() - start - paused + done["train_seconds"]
     torch.save(G.state_dict(), path)
-    info = {"train_seconds": round(seconds, 1), "images_per_s": round(steps * batch / seconds, 1)}
+    state = {"G": G.state_dict(), "D": D.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}
+    torch.save({**state, "order": order, "pos": pos, "step": steps, "rng": torch.get_rng_state()}, state_path)
+    info = {
+        "kimg": steps * batch / 1000,
+        "train_seconds": round(seconds, 1),
+        "images_per_s": round(steps * batch / seconds, 1),
+        "curve": curve,
+    }
     info_path.write_text(json.dumps(info) + "\n")
     return path, info
 
 
-def measure_plain(G_path: Path, net: Path, test: str, num_fake: int, seed: int = 0) -> dict:
+def plain_evaluator(net: Path, test: str, num_fake: int, kid_subsets: int = 100) -> Evaluator:
     from gandist.config import MetricsConfig
 
+    cfg = MetricsConfig(feature_net=str(net), reference=test, num_fake=num_fake, kid_subsets=kid_subsets)
+    return Evaluator(cfg, test, 32, 1, torch.device("cpu"), say=log)
+
+
+def measure_plain(G_path: Path, net: Path, test: str, num_fake: int, seed: int = 0) -> dict:
     plain = _plain_gan_module()
     G = PlainGenerator(plain.generator(32, nc=1))
     G.net.load_state_dict(torch.load(G_path, weights_only=True))
-    cfg = MetricsConfig(feature_net=str(net), reference=test, num_fake=num_fake)
-    evaluator = Evaluator(cfg, test, 32, 1, torch.device("cpu"), say=log)
-    return evaluator(G.eval(), z_dim=100, seed=seed)
+    return plain_evaluator(net, test, num_fake)(G.eval(), z_dim=100, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------
 # 4. table
+
+
+def curve_table(curves: dict[str, list[dict]]) -> str:
+    """FD by kimg for each run that measured itself during training."""
+    points = sorted({c["kimg"] for curve in curves.values() for c in curve})
+    lines = ["| run | " + " | ".join(f"{k:g}" for k in points) + " |", "|---|" + "---|" * len(points)]
+    for name, curve in curves.items():
+        by_kimg = {c["kimg"]: next(v for k, v in c.items() if k.startswith("metrics/fid_")) for c in curve}
+        lines.append(f"| {name} | " + " | ".join(f"{by_kimg[k]:.0f}" if k in by_kimg else "" for k in points) + " |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict], kimg: float) -> str:
@@ -319,26 +359,39 @@ def main() -> int:
     p.add_argument("--num-fake", type=int, default=10_000, help="generated images per measurement")
     p.add_argument("--epochs", type=int, default=4, help="classifier training epochs")
     p.add_argument("--tag", default="", help="suffix of the best recipe's run name (to keep variants apart)")
+    p.add_argument("--every", type=float, default=0, help="also measure each run every this many kimg (2k fakes)")
     p.add_argument("extra", nargs="*", metavar="key=value", help="overrides for the best recipe's gandist run")
     a = p.parse_args()
     work, idx_dir = Path(a.work), Path(a.idx)
     specs = prepare(idx_dir, work)
     net = feature_net(idx_dir, work, a.epochs)
     metrics = metrics_overrides(net, specs["test"], a.num_fake)
-    rows = []
+    rows, curves = [], {}
     tag = f"-{a.tag}" if a.tag else ""
+    during = []
+    if a.every > 0:
+        during = [
+            *metrics_overrides(net, specs["test"], 2000),
+            f"metrics.interval_kimg={a.every}",
+            "metrics.kid_subsets=20",
+        ]
     for recipe in [r.strip() for r in a.recipes.split(",") if r.strip()]:
         if recipe == "plain":
-            G_path, info = plain_run(idx_dir, a.kimg, work, batch=64)
+            measure = lambda G: plain_evaluator(net, specs["test"], 2000, 20)(G.eval(), z_dim=100)  # noqa: E731
+            G_path, info = plain_run(idx_dir, a.kimg, work, 64, a.every, measure)
             result = measure_plain(G_path, net, specs["test"], a.num_fake)
+            curves["seed, plain_gan.py loop (G)"] = info.pop("curve", [])
             rows.append({"recipe": "seed, plain_gan.py loop", "net": "G", **_row(result, info, a.num_fake)})
             continue
         if recipe not in ("seed", "best"):
             raise SystemExit(f"quality: unknown recipe {recipe!r} (seed, plain, best)")
         config = Path(a.seed_config if recipe == "seed" else a.best_config)
         extra = a.extra if recipe == "best" else []
-        name = f"{recipe}{tag if recipe == 'best' else ''}-{a.kimg:g}kimg"
-        run_dir, info = gandist_run(name, config, specs["train"], a.kimg, work, extra)
+        name = f"{recipe}{tag if recipe == 'best' else ''}"  # a larger --kimg continues the run
+        run_dir, info = gandist_run(name, config, specs["train"], a.kimg, work, [*extra, *during])
+        if (run_dir / "metrics.jsonl").is_file():
+            lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+            curves[f"{recipe}, gandist (G_ema)"] = [json.loads(line) for line in lines]
         label = f"{recipe}, gandist ({config.name}{' ' + ' '.join(extra) if extra else ''})"
         for which in ("G_ema", "G"):
             result = evaluate(run_dir, metrics, net=which)
@@ -351,6 +404,8 @@ def main() -> int:
     best_fd = next((r["fd"] for r in rows if r["recipe"].startswith("best") and r["net"] == "G_ema"), None)
     if seed_fd and best_fd:
         text += f"\n\nFD(best, G_ema) / FD(seed, G_ema) = {best_fd / seed_fd:.3f} (goal <= 0.333)"
+    if any(curves.values()):
+        text += "\n\nFD by kimg, measured during training (2,000 fakes):\n\n" + curve_table(curves)
     print(text)
     stem = f"quality-{a.kimg:g}kimg{tag}"
     (work / f"{stem}.md").write_text(text + "\n")

@@ -330,18 +330,6 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
     num_classes = cfg.model.num_classes
     grid_z = torch.randn(t.grid_size, cfg.model.z_dim, generator=torch.Generator().manual_seed(t.seed + 2)).to(device)
     grid_c = torch.arange(t.grid_size, device=device) % num_classes if num_classes else None
-    evaluator = None
-    if cfg.metrics.interval_kimg > 0:  # built now: a missing feature network fails before training, not after
-        evaluator = Evaluator(
-            cfg.metrics,
-            cfg.metrics.reference or cfg.data.shards,
-            cfg.model.resolution,
-            cfg.model.channels,
-            device,
-            rank,
-            world,
-            say=lambda text: reporter.message(text),
-        )
 
     resume_from = _resume_path(cfg, run_dir)
     if resume_from is not None:
@@ -366,6 +354,11 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
         say=reporter.message,
     )
     progress.tracker_run_id = trackers.run_id
+    evaluator = None
+    if cfg.metrics.interval_kimg > 0:  # built now: a missing feature network fails before training, not after
+        reference = cfg.metrics.reference or cfg.data.shards
+        m = cfg.model
+        evaluator = Evaluator(cfg.metrics, reference, m.resolution, m.channels, device, rank, world, reporter.message)
     reporter.message(
         f"gandist: run {run_dir} | {world} process(es) on {device.type} | batch {t.batch} ({batch_per_gpu}/rank) | "
         f"precision {strategy.precision} | {strategy.describe()} | {t.kimg} kimg"

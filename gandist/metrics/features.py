@@ -26,12 +26,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gandist.config import ConfigError
+
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 
 
-class FeatureNetError(ValueError):
-    """A feature network that cannot be found or loaded, with what would fix it."""
+class FeatureNetError(ConfigError):
+    """A feature network that cannot be found or loaded (a bad metrics.feature_net), with what would fix it."""
 
 
 def file_digest(path: Path) -> str:
@@ -85,7 +87,8 @@ def _inception(path: Path) -> FeatureNet:
             f"metrics.feature_net: the FID Inception-v3 weights are not at {path}. Nothing is downloaded here: "
             f"on a machine with network fetch {INCEPTION_URL} and copy it to {path} (the torch hub cache; "
             f"TORCH_HOME moves it), or set metrics.feature_net=inception:/path/to/{INCEPTION_FILE}; "
-            "or measure in another feature space with metrics.feature_net=/path/to/net.pt (TorchScript)"
+            "or measure in another feature space: metrics.feature_net=/path/to/net.pt2 (torch.export) "
+            "or a TorchScript file"
         )
     try:
         module = _load_torchscript(path)
