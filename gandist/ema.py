@@ -4,7 +4,8 @@ As in StyleGAN2-ADA: after a step that showed `batch` images, G_ema = lerp(G, G_
 beta = 0.5 ** (batch / half_life_images), so the averaging horizon does not depend on the batch
 size or the number of GPUs. An optional ramp-up limits the half-life to a fraction of the images
 seen so far, so early G_ema is not dominated by the random initial weights. Buffers (BatchNorm
-running statistics) are copied, not averaged.
+running statistics) are copied, not averaged; `refresh_batchnorm_stats` re-estimates them for the
+averaged weights before G_ema is used (grids, metrics, checkpoints).
 """
 
 from __future__ import annotations
@@ -43,3 +44,43 @@ def update_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
         torch._foreach_lerp_(ema_params, params, 1.0 - beta)
     for b_ema, b in zip(G_ema.buffers(), G.buffers()):
         b_ema.copy_(b)
+
+
+@torch.no_grad()
+def refresh_batchnorm_stats(
+    G_ema: nn.Module,
+    z_dim: int,
+    num_classes: int,
+    device: torch.device,
+    seed: int,
+    batches: int = 16,
+    batch: int = 64,
+) -> bool:
+    """Re-estimate G_ema's BatchNorm running statistics for its own averaged weights; False if it has none.
+
+    The statistics copied from G belong to G's current weights, not to the average: with them an
+    EMA of a BatchNorm generator can sample worse than G itself. Here G_ema runs in train mode on
+    `batches` batches of fresh noise (fixed seed: every rank gets the same statistics, and a
+    repeated refresh gives the same result) and each BatchNorm keeps the plain average of those
+    batch statistics (momentum None).
+    """
+    norms = [m for m in G_ema.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return False
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    generator = torch.Generator().manual_seed(seed)
+    was_training = G_ema.training
+    G_ema.train()
+    try:
+        for _ in range(batches):
+            z = torch.randn(batch, z_dim, generator=generator).to(device)
+            c = torch.randint(0, num_classes, (batch,), generator=generator).to(device) if num_classes else None
+            G_ema(z, c)
+    finally:
+        G_ema.train(was_training)
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+    return True

@@ -48,6 +48,7 @@ def evaluate(target: str | Path, overrides: list[str] | tuple[str, ...] = (), ne
 
     from gandist.checkpoint import load_checkpoint
     from gandist.config import apply_overrides, from_dict, validate
+    from gandist.ema import refresh_batchnorm_stats
     from gandist.metrics import Evaluator
     from gandist.models import build_models
     from gandist.strategy import make_accelerator
@@ -62,6 +63,8 @@ def evaluate(target: str | Path, overrides: list[str] | tuple[str, ...] = (), ne
         G, _ = build_models(m.arch, m.resolution, m.channels, m.z_dim, m.g_width, m.d_width, num_classes=m.num_classes)
         G.load_state_dict(shared[net])
         G = G.to(accelerator.device).eval()
+        if net == "G_ema":  # as the training loop does before using G_ema (a no-op for its own checkpoints)
+            refresh_batchnorm_stats(G, m.z_dim, m.num_classes, accelerator.device, seed=cfg.train.seed)
         say = print if accelerator.is_main_process else (lambda text: None)
         evaluator = Evaluator(
             cfg.metrics,

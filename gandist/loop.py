@@ -17,6 +17,7 @@
         nimg += global batch
         every metrics interval: all ranks generate and embed a share; rank 0 computes FID/KID/PR
         once per tick:     reduce stats across ranks; rank 0 writes stats.jsonl, W&B, the bar
+        before G_ema is used (grid, metrics, checkpoint): re-estimate its BatchNorm statistics
         every snapshot:    rank 0 writes a G_ema grid of the fixed noise to samples/
         every checkpoint:  all ranks save (state.py, checkpoint.py; DeepSpeed engines into ds_G/, ds_D/)
         every few steps:   all ranks agree whether to stop early (signal, stop file, time budget)
@@ -45,7 +46,7 @@ from gandist import checkpoint
 from gandist.augment import AugmentPipe
 from gandist.config import Config, ConfigError, to_dict, to_yaml, validate
 from gandist.data import DataError, ShardLoader, StreamSpec, check_dataset, expand_shards, make_loader, to_device_float
-from gandist.ema import ema_beta, make_ema, update_ema
+from gandist.ema import ema_beta, make_ema, refresh_batchnorm_stats, update_ema
 from gandist.images import make_grid, save_grid
 from gandist.losses import get_losses
 from gandist.metrics import Evaluator
@@ -370,7 +371,11 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
     if strategy.is_main:
         clear_requeue_marker(run_dir)
 
+    def settle_G_ema() -> None:
+        refresh_batchnorm_stats(G_ema, cfg.model.z_dim, num_classes, device, seed=t.seed)
+
     def write_grid() -> None:
+        settle_G_ema()
         if strategy.is_main:
             with torch.no_grad(), strategy.autocast():
                 images = G_ema(grid_z, grid_c)
@@ -380,6 +385,7 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
                 trackers.log_image("samples/fakes", make_grid(images), f"G_ema at {kimg:.3f} kimg", progress.step)
 
     def save() -> Path:
+        settle_G_ema()
         return state.save(run_dir, delay_s=cfg.debug.checkpoint_delay_s)
 
     if progress.nimg == 0:
@@ -397,7 +403,8 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
 
     def run_metrics() -> None:
         nonlocal tick_start_time
-        strategy.sync_buffers(G_ema)  # BatchNorm statistics differ per rank: measure rank 0's G_ema everywhere
+        strategy.sync_buffers(G_ema)  # buffers copied from G differ per rank: measure rank 0's G_ema everywhere
+        settle_G_ema()
         results = evaluator(G_ema, cfg.model.z_dim, num_classes, seed=t.seed)
         for key, value in results.items():
             stats.add(key, torch.tensor(value, device=device))
