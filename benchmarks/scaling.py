@@ -14,10 +14,11 @@ forward and the backward pass (3(N-1)/N * B). A fraction `overlap` of the commun
 behind the backward pass (DDP's gradient buckets). Weak-scaling efficiency = t_compute /
 (t_compute + (1 - overlap) * t_comm).
 
-Check (`--measure`): the same gandist step on 1 and 2 CPU processes (gloo, one thread each, the
-same batch per rank), plus a gloo all-reduce of the G and D gradient sizes measured alone;
-predicted overhead = all-reduce time / 1-process step time, against the measured overhead
-(2-process step time / 1-process step time - 1).
+Check (`--measure`): gandist's DDP step on 2 CPU processes (gloo, one thread each, the same batch per
+rank) against 1 process alone. The prediction uses only parts measured apart from the 2-process run
+(see "Measurement" below): phase times of two independent processes running at once (compute and
+stragglers) and the model's all-reduce time with this machine's fitted bandwidth and latency.
+Overhead = 2-process step time / 1-process step time - 1, predicted vs measured, medians of rounds.
 
     python benchmarks/scaling.py                         # table for DCGAN 64 px, batch 256 per GPU
     python benchmarks/scaling.py --measure               # + prediction vs measurement on this CPU
@@ -74,11 +75,11 @@ def efficiency(
     return step_s / (step_s + (1 - overlap) * t_comm)
 
 
-def dcgan_params(res: int) -> tuple[int, int]:
+def dcgan_params(res: int, channels: int = 3) -> tuple[int, int]:
     from gandist.models import Discriminator, Generator
 
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    return count(Generator(res)), count(Discriminator(res))
+    return count(Generator(res, channels=channels)), count(Discriminator(res, channels=channels))
 
 
 def table(step_s: float, params: tuple[int, int], overlap: float, nvlink_gbyte: float) -> list[dict]:
@@ -96,9 +97,20 @@ def table(step_s: float, params: tuple[int, int], overlap: float, nvlink_gbyte: 
 
 # ----------------------------------------------------------------------------------------------
 # Measurement on this machine (gloo, CPU).
+#
+# The 2-process prediction is built from parts measured separately, never from the 2-process run:
+#   compute   each rank's D-phase and G-phase times when the two ranks run as independent processes
+#             at the same time (on a 2-core machine they share caches and memory bandwidth; on a
+#             GPU node each rank has its own device and this equals the 1-process time)
+#   sync      each phase ends when the slowest rank ends it: the mean over steps of the max over
+#             ranks of those phase times (stragglers), instead of their mean
+#   comm      comm_seconds() above for G's and D's gradient bytes, with this machine's all-reduce
+#             bandwidth and latency fitted to gloo all-reduces of a few sizes, plus one latency per
+#             extra collective (DDP's gradient buckets, its BatchNorm buffer broadcasts); no overlap
+#             (on a CPU the all-reduce competes with backward for the same cores)
 
 _WORKER = r"""
-import json, os, sys, time, torch
+import json, sys, time, torch
 torch.set_num_threads(1)
 from gandist.config import load_config
 from gandist.loop import Phases, build_nets, make_optimizer
@@ -112,24 +124,81 @@ G, D = build_nets(cfg)
 s.add("G", G, make_optimizer(G.parameters(), cfg.G_opt)); s.add("D", D, make_optimizer(D.parameters(), cfg.D_opt))
 ph = Phases(s, *get_losses("nonsaturating"), TickStats(s.device))
 real = torch.rand(batch, 3, res, res) * 2 - 1
-def step():
-    ph.d_phase(real, torch.randn(batch, 100)); ph.g_phase(torch.randn(batch, 100))
-for _ in range(warmup): step()
-s.barrier(); t0 = time.perf_counter()
-for _ in range(steps): step()
-s.barrier(); dt = (time.perf_counter() - t0) / steps
-ar = None
-if s.world_size > 1:
-    grads = [torch.zeros(sum(p.numel() for p in m.parameters())) for m in (G, D)]
-    for g in grads: torch.distributed.all_reduce(g)
-    s.barrier(); t0 = time.perf_counter()
-    for _ in range(steps):
-        for g in grads: torch.distributed.all_reduce(g)
-    ar = (time.perf_counter() - t0) / steps
+d_times, g_times = [], []
+for i in range(warmup + steps):
+    t0 = time.perf_counter(); ph.d_phase(real, torch.randn(batch, 100))
+    t1 = time.perf_counter(); ph.g_phase(torch.randn(batch, 100))
+    t2 = time.perf_counter()
+    if i >= warmup:
+        d_times.append(t1 - t0); g_times.append(t2 - t1)
+result = {"d_s": d_times, "g_s": g_times, "world": s.world_size}
+if s.world_size > 1:  # all-reduce of a few sizes, for bandwidth and latency
+    result["allreduce"] = {}
+    for numel in (1, 2**16, 2**19, 2**21):
+        x = torch.zeros(numel)
+        for _ in range(3): torch.distributed.all_reduce(x)
+        s.barrier(); t0 = time.perf_counter()
+        for _ in range(steps): torch.distributed.all_reduce(x)
+        result["allreduce"][4 * numel] = (time.perf_counter() - t0) / steps
 if s.is_main:
-    json.dump({"step_s": dt, "allreduce_s": ar, "world": s.world_size}, open(out, "w"))
+    json.dump(result, open(out, "w"))
 s.close()
 """
+
+DDP_FIRST_BUCKET_BYTES, DDP_BUCKET_BYTES = 1 << 20, 25 << 20
+DDP_FORWARDS_PER_STEP = 4  # G (D phase, no grad), D on reals, D on fakes, G (G phase): one buffer broadcast each
+
+
+def ddp_buckets(grad_bytes: int) -> int:
+    """How many all-reduces DDP issues for one net's gradients (a small first bucket, then 25 MiB ones)."""
+    rest = max(0, grad_bytes - DDP_FIRST_BUCKET_BYTES)
+    return 1 + -(-rest // DDP_BUCKET_BYTES)
+
+
+def fit_allreduce(times: dict[int, float]) -> tuple[float, float]:
+    """Least-squares fit of t = latency + bytes / bandwidth to measured all-reduce times; (latency s, bytes/s)."""
+    x = [float(b) for b in times]
+    y = [times[b] for b in times]
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+    return max(my - slope * mx, 0.0), 1.0 / slope
+
+
+def synced_step(ranks: list[dict]) -> float:
+    """Mean step time when every phase waits for the slowest rank (phase times of independent runs)."""
+    steps = min(len(r["d_s"]) for r in ranks)
+    total = 0.0
+    for i in range(steps):
+        total += max(r["d_s"][i] for r in ranks) + max(r["g_s"][i] for r in ranks)
+    return total / steps
+
+
+def mean_step(rank: dict) -> float:
+    return (sum(rank["d_s"]) + sum(rank["g_s"])) / len(rank["d_s"])
+
+
+def predict(
+    alone: dict, together: list[dict], allreduce: dict[int, float], params: tuple[int, int], world: int = 2
+) -> dict:
+    """The model's 2-process step time and overhead, from its separately measured parts."""
+    t1 = mean_step(alone)
+    compute = sum(mean_step(r) for r in together) / len(together)
+    synced = synced_step(together)
+    latency, bandwidth = fit_allreduce(allreduce)
+    per_hop = latency / (2 * (world - 1))  # comm_seconds counts 2 (g - 1) latency hops per all-reduce
+    comm = sum(comm_seconds(4 * p, world, 1, bandwidth, None, VOLUME["ddp"], per_hop) for p in params)
+    extra_calls = sum(ddp_buckets(4 * p) - 1 for p in params) + DDP_FORWARDS_PER_STEP
+    comm += extra_calls * latency
+    return {
+        "step_s_1proc": t1,
+        "compute_s": compute,
+        "sync_s": synced - compute,
+        "comm_s": comm,
+        "allreduce_latency_s": latency,
+        "allreduce_gbyte_s": bandwidth / 1e9,
+        "predicted_step_s": synced + comm,
+        "predicted_overhead": (synced + comm) / t1 - 1,
+    }
 
 
 def _free_port() -> int:
@@ -140,43 +209,54 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def measure(res: int, batch: int, steps: int, warmup: int) -> dict:
+def _run(script: Path, args: list[str], out: Path, world: int, env: dict) -> subprocess.Popen:
+    args = [*args, str(out)]
+    if world == 1:
+        cmd = [sys.executable, str(script), *args]
+    else:
+        launcher = str(Path(sys.executable).parent / "accelerate")
+        config = str(ROOT / "launch/cpu_2proc.yaml")
+        port = str(_free_port())
+        cmd = [launcher, "launch", "--config_file", config, "--main_process_port", port, str(script), *args]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+
+def _wait(*procs: subprocess.Popen) -> None:
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(f"{' '.join(proc.args)} failed:\n{err[-3000:]}")
+
+
+def measure(res: int, batch: int, steps: int, warmup: int, repeats: int) -> dict:
+    """Rounds of: one process alone; two independent processes at once; two DDP ranks. Medians over rounds."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    params = dcgan_params(res, channels=3)
+    rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "worker.py"
         script.write_text(_WORKER)
-        results = {}
-        for world in (1, 2):
-            out = Path(tmp) / f"w{world}.json"
-            args = [str(res), str(batch), str(steps), str(warmup), str(out)]
-            if world == 1:
-                cmd = [sys.executable, str(script), *args]
-            else:
-                cmd = [
-                    str(Path(sys.executable).parent / "accelerate"),
-                    "launch",
-                    "--config_file",
-                    str(ROOT / "launch/cpu_2proc.yaml"),
-                    "--main_process_port",
-                    "29555",
-                    str(script),
-                    *args,
-                ]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-            if proc.returncode:
-                raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-            results[world] = json.loads(out.read_text())
-    t1, t2, ar = results[1]["step_s"], results[2]["step_s"], results[2]["allreduce_s"]
-    return {
-        "res": res,
-        "batch_per_rank": batch,
-        "step_s_1proc": round(t1, 4),
-        "step_s_2proc": round(t2, 4),
-        "allreduce_s_G_plus_D": round(ar, 4),
-        "measured_overhead": round(t2 / t1 - 1, 3),
-        "predicted_overhead": round(ar / t1, 3),
-        "prediction_error": round((ar / t1) / max(t2 / t1 - 1, 1e-9) - 1, 3),
-    }
+        args = [str(res), str(batch), str(steps), str(warmup)]
+        for r in range(repeats):
+            out = {k: Path(tmp) / f"{k}{r}.json" for k in ("alone", "a", "b", "ddp")}
+            _wait(_run(script, args, out["alone"], 1, env))
+            _wait(_run(script, args, out["a"], 1, env), _run(script, args, out["b"], 1, env))
+            _wait(_run(script, args, out["ddp"], 2, env))
+            got = {k: json.loads(p.read_text()) for k, p in out.items()}
+            allreduce = {int(b): t for b, t in got["ddp"]["allreduce"].items()}
+            row = predict(got["alone"], [got["a"], got["b"]], allreduce, params)
+            row["measured_step_s"] = mean_step(got["ddp"])
+            row["measured_overhead"] = row["measured_step_s"] / row["step_s_1proc"] - 1
+            row.update({f"allreduce_s_{b}B": t for b, t in allreduce.items()})
+            rounds.append(row)
+    median = {k: sorted(r[k] for r in rounds)[len(rounds) // 2] for k in rounds[0]}
+    result = {"res": res, "batch_per_rank": batch, "params_G_D": params, "rounds": repeats}
+    result.update({k: round(v, 5) for k, v in median.items()})
+    result["prediction_error"] = round(median["predicted_overhead"] / median["measured_overhead"] - 1, 3)
+    result["per_round"] = [
+        {"measured": round(r["measured_overhead"], 3), "predicted": round(r["predicted_overhead"], 3)} for r in rounds
+    ]
+    return result
 
 
 def main() -> None:
@@ -193,7 +273,8 @@ def main() -> None:
     p.add_argument("--measure", action="store_true", help="also run 1 vs 2 CPU processes here")
     p.add_argument("--measure-res", type=int, default=32)
     p.add_argument("--measure-batch", type=int, default=16)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--repeats", type=int, default=3, help="measurement rounds (medians are reported)")
     a = p.parse_args()
     params = dcgan_params(a.res)
     print(
@@ -211,7 +292,7 @@ def main() -> None:
         print(json.dumps(row))
     if a.measure:
         t0 = time.perf_counter()
-        result = measure(a.measure_res, a.measure_batch, a.steps, 3)
+        result = measure(a.measure_res, a.measure_batch, a.steps, 5, a.repeats)
         result["seconds"] = round(time.perf_counter() - t0, 1)
         print(json.dumps({"check": "gloo CPU, 1 vs 2 processes", **result}))
 
