@@ -218,7 +218,8 @@ class FaultConfig:
     """Steps between the all-rank checks for signals, the stop file and the time budget."""
     nan_guard: bool = True
     """Skip (on all ranks) any step whose loss or gradient is NaN/Inf on any rank. Costs one small all-reduce and
-    one host sync per net per step (the only per-step syncs of the loop); off: the host never waits on the GPU."""
+    one host sync per optimizer step of each net (D, G, lazy R1): the loop's only per-step syncs; off: a step
+    never waits for the GPU (the stop checks every faults.check_every steps and the tick still do)."""
     max_bad_steps: int = 20
     """Consecutive skipped steps that trigger a rollback to the last complete checkpoint."""
     max_rollbacks: int = 3
