@@ -5,6 +5,8 @@
     python benchmarks/step_speed.py --res 64 --batch 256 --precision bf16 --steps 100
     python benchmarks/step_speed.py --strategy zero2 --skip-train      # DeepSpeed ZeRO-2 engines, one process
     python benchmarks/step_speed.py --strategy zero3 --nproc 2         # 2 processes, --batch per process
+    python benchmarks/step_speed.py --arch stylegan2 --skip-train      # gandist only: no reference loop for it
+    python benchmarks/step_speed.py --compile --channels-last off      # torch.compile, contiguous weights
 
 Three measurements, each in its own process with the same thread count, interleaved and repeated
 (median of --repeats) so that machine noise hits all alike:
@@ -16,13 +18,20 @@ Three measurements, each in its own process with the same thread count, interlea
   train+X    the same with tracker X on (--tracking wandb: an offline W&B run)
 
 Same model (DCGAN, width 64, 3 channels: the parameter counts of plain_gan.py), batch and
-precision. --strategy picks how gandist holds the nets (single, ddp, zero0-zero3: DeepSpeed engines);
-with --nproc N the synthetic step runs on N processes (accelerate launch, --batch images per process)
-and its images/s are per process, comparable with the one-process plain loop at the same batch.
-Prints one JSON line per measurement, then one summary line with the ratios and, for the synthetic
-step, what rank 0 holds for G and D: parameter, fp32 master-copy and optimizer-state bytes (ZeRO
-shards them: optimizer states / N from stage 1, parameters / N at stage 3) and, on CUDA, the
-allocated memory after set-up and the peak.
+precision. --arch resnet or stylegan2 (width 64) measure gandist alone: plain_gan.py exists only for the
+DCGAN, so those runs print gandist's numbers without a ratio. The fast-path settings follow gandist's
+config: --channels-last auto (on for CUDA, off on CPU and under DeepSpeed; the plain loop gets the same
+resolved value), fused Adam on CUDA, --compile (gandist: train.compile with --compile-backend; the plain
+loop: its own --compile, inductor). --strategy picks how gandist holds the nets (single, ddp,
+zero0-zero3: DeepSpeed engines); with --nproc N the synthetic step runs on N processes (accelerate
+launch, --batch images per process) and its images/s are per process, comparable with the one-process
+plain loop at the same batch.
+Prints one JSON line per measurement (images/s and seconds per kimg), then one summary line with the
+medians, the ratios and, for the synthetic step, what rank 0 holds for G and D: parameter, fp32
+master-copy and optimizer-state bytes (ZeRO shards them: optimizer states / N from stage 1, parameters
+/ N at stage 3) and its peak memory: on CUDA the allocated memory after set-up and the peak
+(torch.cuda.max_memory_allocated), on CPU the worker process's peak resident set size
+(synthetic_peak_rss_mib, from getrusage: the whole process, Python and torch included).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -47,6 +57,7 @@ def synthetic_worker(a: argparse.Namespace) -> None:
 
     from gandist.config import load_config
     from gandist.ema import ema_beta, make_ema, update_ema
+    from gandist.fastpath import first_step_or_eager
     from gandist.loop import Phases, build_nets, make_optimizer
     from gandist.losses import get_losses
     from gandist.strategy import make_strategy
@@ -58,22 +69,26 @@ def synthetic_worker(a: argparse.Namespace) -> None:
     cfg = load_config(
         None,
         [
+            f"model.arch={a.arch}",
             f"model.resolution={a.res}",
             "model.channels=3",
             f"train.batch={a.batch * world}",
             f"train.precision={a.precision}",
-            f"train.channels_last={a.channels_last}",
+            *fast_path_overrides(a),
             *strategy_overrides(a.strategy),
         ],
     )
     strategy = make_strategy(cfg.strategy, cfg.train.precision, cfg.train.batch)
     device = strategy.device
-    fmt = torch.channels_last if a.channels_last else torch.contiguous_format
+    # as the training loop does (loop.py): channels_last already resolved by main(), fused Adam for the device
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     G, D = build_nets(cfg)
     G, D = G.to(device, memory_format=fmt), D.to(device, memory_format=fmt)
     G_ema = make_ema(G)
-    strategy.add("G", G, make_optimizer(G.parameters(), cfg.G_opt))
-    strategy.add("D", D, make_optimizer(D.parameters(), cfg.D_opt))
+    strategy.add("G", G, make_optimizer(G.parameters(), cfg.G_opt, device.type))
+    strategy.add("D", D, make_optimizer(D.parameters(), cfg.D_opt, device.type))
+    if cfg.train.compile:
+        strategy.compile(cfg.train.compile_backend)
     phases = Phases(strategy, *get_losses("nonsaturating"), TickStats(device))
     real = (torch.rand(a.batch, 3, a.res, a.res, device=device) * 2 - 1).contiguous(memory_format=fmt)
     noise = torch.Generator(device=device).manual_seed(1)
@@ -83,9 +98,15 @@ def synthetic_worker(a: argparse.Namespace) -> None:
         {"setup_allocated_mib": round(torch.cuda.memory_allocated(device) / 2**20, 1)} if device.type == "cuda" else {}
     )
 
+    z_dim = cfg.model.z_dim
+
     def step(nimg: int) -> None:
-        z_d = torch.randn(a.batch, 100, device=device, generator=noise)
-        phases.step(real, z_d, torch.randn(a.batch, 100, device=device, generator=noise))
+        z_d = torch.randn(a.batch, z_dim, device=device, generator=noise)
+        z_g = torch.randn(a.batch, z_dim, device=device, generator=noise)
+        if nimg == 0:  # compiles under --compile: a failure falls back to eager, as in training
+            first_step_or_eager(strategy, lambda: phases.step(real, z_d, z_g), print)
+        else:
+            phases.step(real, z_d, z_g)
         with strategy.gathered("G") as G_full:
             update_ema(G_ema, G_full, ema_beta(a.batch, nimg, 10.0, 0.05))
 
@@ -104,12 +125,38 @@ def synthetic_worker(a: argparse.Namespace) -> None:
     phases.stats.means(strategy.reduce_mean)
     if device.type == "cuda":
         memory["peak_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    else:  # the whole worker process (ru_maxrss: KiB on Linux)
+        memory["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, 1)
     held = held_mib(strategy)
     result = {"images_per_s": round(a.batch * a.steps / dt, 1), "step_ms": round(1000 * dt / a.steps, 3)}
-    result.update(world_size=strategy.world_size, strategy=strategy.describe(), **held, **memory)
+    result.update(world_size=strategy.world_size, strategy=strategy.describe(), compiled=strategy.compiled)
+    result.update(**held, **memory)
     if strategy.is_main:
         print(json.dumps(result))
     strategy.close()
+
+
+def fast_path_overrides(a: argparse.Namespace) -> list[str]:
+    """gandist config overrides for --channels-last (resolved by main() to on/off) and --compile."""
+    out = [f"train.channels_last={'true' if a.channels_last == 'on' else 'false'}"]
+    if a.compile:
+        out += ["train.compile=true", f"train.compile_backend={a.compile_backend}"]
+    return out
+
+
+def resolve_channels_last(a: argparse.Namespace) -> str:
+    """--channels-last auto|on|off as gandist resolves train.channels_last here: 'on' or 'off'."""
+    import torch
+
+    from gandist.config import ConfigError
+    from gandist.fastpath import resolve_channels_last as resolve
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    setting = {"auto": "auto", "on": True, "off": False}[a.channels_last]
+    try:
+        return "on" if resolve(setting, device, "deepspeed" if a.strategy.startswith("zero") else "ddp") else "off"
+    except ConfigError as e:
+        raise SystemExit(f"--channels-last on --strategy {a.strategy}: {e}") from None
 
 
 def strategy_overrides(name: str) -> list[str]:
@@ -163,8 +210,10 @@ def run_plain(a: argparse.Namespace) -> float:
         "--threads",
         str(a.threads),
     ]
-    if a.channels_last:
+    if a.channels_last == "on":
         cmd.append("--channels-last")
+    if a.compile:
+        cmd.append("--compile")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=_child_env(a.threads)).stdout
     return json.loads(out.strip().splitlines()[-1])["images_per_s"]
 
@@ -218,10 +267,22 @@ def run_synthetic(a: argparse.Namespace) -> float:
         str(a.threads),
         "--strategy",
         a.strategy,
+        "--arch",
+        a.arch,
+        "--channels-last",
+        a.channels_last,
+        "--compile-backend",
+        a.compile_backend,
     ]
-    if a.channels_last:
-        cmd.append("--channels-last")
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=_child_env(a.threads)).stdout
+    if a.compile:
+        cmd.append("--compile")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(a.threads))
+    if proc.returncode:
+        raise SystemExit(f"synthetic worker failed:\n{proc.stderr[-3000:]}")
+    out = proc.stdout
+    for line in out.splitlines():
+        if "WARNING train.compile" in line:
+            print(line, file=sys.stderr)
     result = json.loads([x for x in out.strip().splitlines() if x.startswith("{")][-1])
     HELD.update({k: v for k, v in result.items() if k not in ("images_per_s", "step_ms")})
     return result["images_per_s"]
@@ -238,6 +299,7 @@ def run_train(a: argparse.Namespace, report_to: str = "none") -> float:
             f"output_dir={tmp}",
             "run_name=bench",
             "model.channels=3",
+            f"model.arch={a.arch}",
             f"model.resolution={a.res}",
             f"train.batch={a.batch}",
             f"train.precision={a.precision}",
@@ -245,7 +307,7 @@ def run_train(a: argparse.Namespace, report_to: str = "none") -> float:
             f"train.tick_kimg={warm_kimg}",
             f"train.snapshot_kimg={total}",
             "train.checkpoint_kimg=0",
-            f"train.channels_last={a.channels_last}",
+            *fast_path_overrides(a),
             f"data.num_workers={a.workers}",
             f"tracking.report_to={report_to}",
             *strategy_overrides(a.strategy),
@@ -261,14 +323,30 @@ def run_train(a: argparse.Namespace, report_to: str = "none") -> float:
         return shown / seconds
 
 
+def sec_per_kimg(images_per_s: float) -> float:
+    """Seconds to show D a thousand images at this rate."""
+    return round(1000 / max(images_per_s, 1e-9), 3)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="dcgan", choices=["dcgan", "resnet", "stylegan2"], help="gandist's G and D")
     p.add_argument("--res", type=int, default=32, choices=[32, 64, 128])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument(
+        "--channels-last",
+        nargs="?",
+        const="on",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="auto (default): on for CUDA, off on CPU and under DeepSpeed, as gandist's train.channels_last; "
+        "the bare flag means on",
+    )
+    p.add_argument("--compile", action="store_true", help="train.compile=true (and the plain loop's --compile)")
+    p.add_argument("--compile-backend", default="inductor", help="gandist's train.compile_backend")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: as is)")
     p.add_argument("--workers", type=int, default=1, help="loader workers for --mode train")
     p.add_argument("--repeats", type=int, default=3)
@@ -295,9 +373,12 @@ def main() -> None:
     if a.worker == "synthetic":
         synthetic_worker(a)
         return
-    if not PLAIN.is_file():
+    a.channels_last = resolve_channels_last(a)
+    with_plain = a.arch == "dcgan"  # plain_gan.py is a DCGAN: the other architectures have no reference loop
+    if with_plain and not PLAIN.is_file():
         raise SystemExit(f"reference loop not found at {PLAIN}")
-    runners = {"plain": run_plain, "synthetic": run_synthetic}
+    runners = {"plain": run_plain} if with_plain else {}
+    runners["synthetic"] = run_synthetic
     if not a.skip_train:
         runners["train"] = run_train
     if a.tracking:
@@ -307,20 +388,26 @@ def main() -> None:
         for name, fn in runners.items():
             ips = fn(a)
             results[name].append(ips)
-            print(json.dumps({"repeat": r, "mode": name, "images_per_s": round(ips, 1)}), flush=True)
+            line = {"repeat": r, "mode": name, "images_per_s": round(ips, 1), "sec_per_kimg": sec_per_kimg(ips)}
+            print(json.dumps(line), flush=True)
     med = {k: statistics.median(v) for k, v in results.items()}
     summary = {
+        "arch": a.arch,
         "res": a.res,
         "batch": a.batch,
         "strategy": a.strategy,
         "nproc": a.nproc,
         "precision": a.precision,
         "channels_last": a.channels_last,
+        "compile": a.compile_backend if a.compile else False,
         "threads": a.threads or "default",
         **{f"{k}_images_per_s": round(v, 1) for k, v in med.items()},
-        **{f"ratio_{k}_to_plain": round(v / med["plain"], 3) for k, v in med.items() if k != "plain"},
+        **{f"{k}_sec_per_kimg": sec_per_kimg(v) for k, v in med.items()},
+        **{f"ratio_{k}_to_plain": round(v / med["plain"], 3) for k, v in med.items() if k != "plain" and with_plain},
         **{f"synthetic_{k}": v for k, v in HELD.items()},
     }
+    if not with_plain:
+        summary["reference"] = f"none for {a.arch} (plain_gan.py is a DCGAN): gandist's numbers only, no ratio"
     if a.tracking and "train" in med:
         summary[f"ratio_tracking_{a.tracking}_on_to_off"] = round(med[f"train+{a.tracking}"] / med["train"], 3)
     print(json.dumps(summary))

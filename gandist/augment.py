@@ -201,7 +201,8 @@ class AugmentPipe:
         """Accumulate sign(D(real)) for the next adjustment of p."""
         if self.adaptive:
             logits = real_logits.detach().float()
-            self.signs += torch.stack([logits.sign().sum(), torch.tensor(float(logits.numel()), device=logits.device)])
+            count = torch.full((), float(logits.numel()), device=logits.device)  # a fill: no host-to-device copy
+            self.signs += torch.stack([logits.sign().sum(), count])
 
     def adjust(
         self, nimg_since: int, reduce_mean: Callable[[torch.Tensor], torch.Tensor] = lambda t: t

@@ -58,6 +58,8 @@ class OptimizerConfig:
     """Adam's epsilon."""
     weight_decay: float = 0.0
     """L2 weight decay."""
+    fused: bool | Literal["auto"] = "auto"
+    """torch's fused Adam (one kernel for all parameters); auto: on when the nets train on a CUDA GPU."""
 
 
 @dataclass
@@ -120,8 +122,13 @@ class TrainConfig:
     """Interval of checkpoints in kimg (one is also written at the end); 0: only at the end."""
     grid_size: int = 64
     """Number of images in the fixed-noise sample grid."""
-    channels_last: bool = False
-    """Use channels_last memory format for models and images (faster on recent GPUs)."""
+    channels_last: bool | Literal["auto"] = "auto"
+    """channels_last memory format for models and images (up to 2x on recent GPUs with bf16); auto: on for CUDA,
+    off on CPU and under DeepSpeed (ZeRO refuses channels_last weights)."""
+    compile: bool = False
+    """torch.compile G's and D's training forwards; if compiling or the first step fails: one warning, then eager."""
+    compile_backend: str = "inductor"
+    """torch.compile backend (inductor; eager or aot_eager only check the plumbing)."""
     max_steps: int = 0
     """Stop after this many D/G iterations regardless of kimg (0: no limit); for tests and benchmarks."""
     keep_checkpoints: int = 3
@@ -210,7 +217,9 @@ class FaultConfig:
     check_every: int = 10
     """Steps between the all-rank checks for signals, the stop file and the time budget."""
     nan_guard: bool = True
-    """Skip (on all ranks) any step whose loss or gradient is NaN/Inf on any rank (one host sync per phase)."""
+    """Skip (on all ranks) any step whose loss or gradient is NaN/Inf on any rank. Costs one small all-reduce and
+    one host sync per optimizer step of each net (D, G, lazy R1): the loop's only per-step syncs; off: a step
+    never waits for the GPU (the stop checks every faults.check_every steps and the tick still do)."""
     max_bad_steps: int = 20
     """Consecutive skipped steps that trigger a rollback to the last complete checkpoint."""
     max_rollbacks: int = 3
@@ -343,7 +352,10 @@ def _check_value(key: str, value: Any, hint: Any, source: str) -> Any:
 def _describe(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+        args = typing.get_args(hint)
+        return repr(args[0]) if len(args) == 1 else "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(hint))
     if origin is not None:
         return str(hint).replace("typing.", "")
     return getattr(hint, "__name__", str(hint))
@@ -470,6 +482,8 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
             raise ConfigError(f"key '{key}' must be >= 0, got {value}")
     if t.grid_size < 1:
         raise ConfigError(f"key 'train.grid_size' must be positive, got {t.grid_size}")
+    if t.compile and not t.compile_backend:
+        raise ConfigError("key 'train.compile_backend' is empty: name a torch.compile backend (inductor)")
     if not 0 <= d.max_bad_frac <= 1:
         raise ConfigError(f"key 'data.max_bad_frac' must lie in [0, 1], got {d.max_bad_frac}")
     if d.prefetch_factor < 1:

@@ -1,13 +1,15 @@
 """The training loop: alternating D and G phases, counted in images shown to D (kimg).
 
     set up: process group, run folder, G, D, G_ema, Adam per net, strategy, per-rank shard stream;
-            resume from the newest complete checkpoint (state.py) if there is one
+            resume from the newest complete checkpoint (state.py) if there is one;
+            on CUDA the fast path (fastpath.py): channels_last, fused Adam, TF32, cudnn.benchmark [, torch.compile]
     while nimg < train.kimg * 1000:
         real, c <- next batch of this rank (uint8 on the host) -> device, [-1, 1]; c: class labels or None
         lr     <- schedule(kimg) (schedule.py)
         D phase: fake = G(z, c').detach();  L_D = d_loss(D(aug(real), c), D(aug(fake), c'))
                  [+ lecam_weight * LeCam] [+ gp_weight * gradient penalty];  step D
         G phase: D frozen (raw module);  L_G = g_loss(D(aug(G(z'', c'')), c''));  step G
+                 (train.compile: the first step compiles; if that fails, one warning and the step again eager)
                  (each phase in micro-batches under gradient accumulation: backward each, step at the last)
         R1 phase, every r1_interval steps: r1_gamma/2 * r1_interval * |grad D(aug(real))|^2;  step D
         ADA, every augment.interval steps: p += sign(E[sign D(aug(real))] - target) * images / speed
@@ -37,6 +39,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -47,6 +50,7 @@ from gandist.augment import AugmentPipe
 from gandist.config import Config, ConfigError, to_dict, to_yaml, validate
 from gandist.data import DataError, ShardLoader, StreamSpec, check_dataset, expand_shards, make_loader, to_device_float
 from gandist.ema import ema_beta, make_ema, refresh_batchnorm_stats, update_ema
+from gandist.fastpath import first_step_or_eager, resolve_channels_last, resolve_fused
 from gandist.images import make_grid, save_grid
 from gandist.losses import get_losses
 from gandist.metrics import Evaluator
@@ -102,7 +106,7 @@ class Phases:
             regularized = regularized + self.lecam_weight * lecam
             self.stats.add("loss/lecam", lecam)
         if self.gp_weight > 0:  # in fp32: a gradient of a gradient
-            gp = gradient_penalty(D, real, fake, c_real)[0].mean()
+            gp = gradient_penalty(s.train_forward("D", eager=True), real, fake, c_real)[0].mean()
             regularized = regularized + self.gp_weight * gp
             self.stats.add("loss/gp", gp)
         ok = self._record("D", s.backward_and_step("D", regularized, guard=self.guard))
@@ -129,7 +133,7 @@ class Phases:
         s = self.strategy
         with torch.no_grad():
             images = self.augment(real)
-        penalty, logits = r1_penalty(s.train_forward("D"), images, c)
+        penalty, logits = r1_penalty(s.train_forward("D", eager=True), images, c)  # compiled: no double backward
         # logits * 0: every D parameter takes part in this backward, as DDP's reducer expects
         loss = penalty.mean() * (gamma / 2 * interval) + logits.float().sum() * 0
         ok = self._record("D_r1", s.backward_and_step("D", loss, guard=self.guard))
@@ -138,10 +142,11 @@ class Phases:
         return ok
 
     def _record(self, name: str, step_stats: dict[str, torch.Tensor]) -> bool:
-        """Add a phase's step statistics; True unless the non-finite guard skipped the step."""
+        """Add a phase's step statistics (device tensors: no host sync); True unless the non-finite guard skipped
+        the step."""
         if not step_stats:  # a micro-batch that did not step (gradient accumulation)
             return True
-        if "nonfinite" in step_stats and step_stats["nonfinite"].item() > 0:
+        if "nonfinite" in step_stats and step_stats["nonfinite"].item() > 0:  # a host tensor: no sync
             return False
         if "grad_norm" in step_stats:
             self.stats.add(f"grad_norm/{name}", step_stats["grad_norm"])
@@ -197,10 +202,17 @@ def lazy_regularization_opt(opt_cfg, interval: int):
     return replace(opt_cfg, lr=opt_cfg.lr * ratio, betas=tuple(b**ratio for b in opt_cfg.betas))
 
 
-def make_optimizer(params, opt_cfg) -> torch.optim.Adam:
-    """Adam for one net."""
+def make_optimizer(params, opt_cfg, device_type: str = "cpu") -> torch.optim.Adam:
+    """Adam for one net whose parameters live on `device_type`: fused on CUDA (opt_cfg.fused=auto), else torch's
+    default (foreach), exactly as before the fast path."""
+    fused = True if resolve_fused(opt_cfg.fused, device_type) else None
     return torch.optim.Adam(
-        params, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay
+        params,
+        lr=opt_cfg.lr,
+        betas=tuple(opt_cfg.betas),
+        eps=opt_cfg.eps,
+        weight_decay=opt_cfg.weight_decay,
+        fused=fused,
     )
 
 
@@ -300,7 +312,8 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+    channels_last = resolve_channels_last(t.channels_last, device.type, strategy.name)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     run_dir = _run_dir(cfg, strategy)
 
     G, D = build_nets(cfg)
@@ -308,8 +321,11 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
     G, D = G.to(device, memory_format=memory_format), D.to(device, memory_format=memory_format)
     G_ema = make_ema(G)
     d_opt = lazy_regularization_opt(cfg.D_opt, t.r1_interval) if t.r1_gamma > 0 else cfg.D_opt
-    strategy.add("G", G, make_optimizer(G.parameters(), cfg.G_opt))
-    strategy.add("D", D, make_optimizer(D.parameters(), d_opt))
+    # the parameters are on the device now (strategy.add wraps them in place): fused Adam is chosen for it
+    strategy.add("G", G, make_optimizer(G.parameters(), cfg.G_opt, device.type))
+    strategy.add("D", D, make_optimizer(D.parameters(), d_opt, device.type))
+    if t.compile:
+        strategy.compile(t.compile_backend)
     base_lr = {"G": cfg.G_opt.lr, "D": d_opt.lr}
     a = cfg.augment
     augment = AugmentPipe(a.diffaugment, a.ada, a.p, a.target, a.speed_kimg, device)
@@ -363,6 +379,8 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
     reporter.message(
         f"gandist: run {run_dir} | {world} process(es) on {device.type} | batch {t.batch} ({batch_per_gpu}/rank) | "
         f"precision {strategy.precision} | {strategy.describe()} | {t.kimg} kimg"
+        + (" | channels_last" if channels_last else "")
+        + (f" | compiled ({t.compile_backend})" if strategy.compiled else "")
         + (f" | resumed from {resume_from}" if resume_from else "")
     )
     stop_file = Path(cfg.faults.stop_file) if cfg.faults.stop_file else run_dir / "STOP"
@@ -424,7 +442,9 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
             if cfg.tracking.log_images:
                 trackers.log_image("samples/reals", make_grid(reals), "real training images", 0)
         real = to_device_float(images, device, memory_format)
-        c_real = class_labels(labels, num_classes, cfg.data.shards).to(device) if num_classes else None
+        c_real = None
+        if num_classes:  # pinned host labels: an asynchronous copy, no wait for the device
+            c_real = class_labels(labels, num_classes, cfg.data.shards).to(device, non_blocking=True)
         if schedule:
             factor = lr_multiplier(progress.nimg / 1000, t.kimg, t.lr_warmup_kimg, t.lr_decay, t.lr_final)
             for name in ("G", "D"):
@@ -441,7 +461,8 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
         if num_classes:
             c_d = torch.randint(num_classes, (t.batch,), device=device, generator=state.noise)[mine]
             c_g = torch.randint(num_classes, (t.batch,), device=device, generator=state.noise)[mine]
-        ok = phases.step(real, z_d[mine], z_g[mine], c_real, c_d, c_g)
+        step = partial(phases.step, real, z_d[mine], z_g[mine], c_real, c_d, c_g)
+        ok = first_step_or_eager(strategy, step, reporter.message) if steps_this_job == 0 else step()
         if t.r1_gamma > 0 and progress.step % t.r1_interval == 0:
             ok = phases.r1_phase(real, c_real, t.r1_gamma, t.r1_interval) and ok
         ada_nimg += t.batch
@@ -459,7 +480,7 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
         steps_this_job += 1
         reporter.advance(progress.nimg / 1000)
         if phases.guard:
-            stats.add("faults/nonfinite_frac", torch.tensor(0.0 if ok else 1.0, device=device))
+            stats.add("faults/nonfinite_frac", torch.full((), 0.0 if ok else 1.0, device=device))  # a fill: no copy
             bad_in_a_row = 0 if ok else bad_in_a_row + 1
             progress.skipped_steps += 0 if ok else 1
             if bad_in_a_row >= cfg.faults.max_bad_steps:

@@ -2,7 +2,8 @@
 
 The training loop never touches DDP wrappers, scalers or optimizers directly. It asks:
 
-    strategy.train_forward("G")      the callable that trains G (DDP wrapper: gradients are all-reduced)
+    strategy.train_forward("G")      the callable that trains G (DDP wrapper: gradients are all-reduced;
+                                     compiled with train.compile, see compile())
     strategy.frozen("D")             D's raw module with requires_grad off, for the G phase
     strategy.backward_and_step("D", loss)   backward one micro-batch; step after the last one of a step
     strategy.gathered("G")           the module with full parameters (for G_ema, sampling, digests)
@@ -93,6 +94,8 @@ class _Net:
     scaler: torch.amp.GradScaler
     micro_steps: int = 0
     bad_loss: torch.Tensor | None = None  # a non-finite loss among this step's micro-batches (guard)
+    compiled: nn.Module | None = None  # torch.compile of `wrapped` (train.compile)
+    compiled_module: nn.Module | None = None  # torch.compile of `module`, for frozen()
 
 
 class Strategy:
@@ -150,9 +153,40 @@ class Strategy:
         """The net's fp16 loss scaler (disabled at other precisions)."""
         return self.nets[name].scaler
 
-    def train_forward(self, name: str) -> nn.Module:
-        """The callable to use when this net's parameters are being trained (gradients synchronised)."""
-        return self.nets[name].wrapped
+    def train_forward(self, name: str, eager: bool = False) -> nn.Module:
+        """The callable to use when this net's parameters are being trained (gradients synchronised).
+
+        Compiled after compile(), unless `eager`: a double backward (R1, gradient penalty) needs the eager one.
+        """
+        net = self.nets[name]
+        return net.wrapped if eager or net.compiled is None else net.compiled
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the training forwards are compiled (compile() was called and eager() was not)."""
+        return any(net.compiled is not None for net in self.nets.values())
+
+    def compile(self, backend: str) -> None:
+        """torch.compile every net's training forward and its frozen raw module (train.compile).
+
+        The compiled callables wrap the plain modules, which stay as they are: checkpoints keep their keys
+        (a compiled module's own state_dict would prefix them with `_orig_mod.`), G_ema stays eager.
+        Compilation happens at the first call: see fastpath.first_step_or_eager for the fallback.
+        """
+        known = torch._dynamo.list_backends(exclude_tags=())
+        if isinstance(backend, str) and backend not in known:
+            raise ConfigError(f"key 'train.compile_backend' = {backend!r} is not a torch.compile backend: use inductor")
+        for net in self.nets.values():
+            net.compiled = torch.compile(net.wrapped, backend=backend)
+            unwrapped = net.wrapped is net.module  # one process: no DDP wrapper
+            net.compiled_module = net.compiled if unwrapped else torch.compile(net.module, backend=backend)
+
+    def eager(self) -> None:
+        """Drop the compiled forwards and whatever a failed compiled step left behind (gradients, guard flags)."""
+        for net in self.nets.values():
+            net.compiled = net.compiled_module = None
+            net.micro_steps, net.bad_loss = 0, None
+            net.optimizer.zero_grad(set_to_none=True)
 
     @contextlib.contextmanager
     def frozen(self, name: str):
@@ -160,10 +194,11 @@ class Strategy:
 
         Used for D in the G phase: D collects no gradients and no DDP hook fires for it.
         """
-        module = self.nets[name].module
+        net = self.nets[name]
+        module = net.module
         module.requires_grad_(False)
         try:
-            yield module
+            yield module if net.compiled_module is None else net.compiled_module
         finally:
             module.requires_grad_(True)
 
@@ -178,7 +213,8 @@ class Strategy:
         Returns device tensors on the micro-batch that stepped, else {}: the gradient norm (unscaled,
         before clipping) and, under fp16, whether the scaler skipped the step (inf/NaN gradients). With
         `guard`, a loss or gradient that is not finite on ANY rank makes every rank skip the step
-        ("nonfinite" is then 1); this costs one small all-reduce and one host sync.
+        ("nonfinite" is then 1, a host tensor: reading it costs nothing more); this costs one small all-reduce and
+        one host sync. Nothing else here waits for the device.
         """
         net = self.nets[name]
         net.micro_steps += 1
@@ -198,7 +234,7 @@ class Strategy:
         if guard:
             bad = (net.bad_loss | ~torch.isfinite(norm)).float().reshape(1)
             net.bad_loss = None
-            out["nonfinite"] = self.reduce_max(bad)[0]
+            out["nonfinite"] = self.reduce_max(bad)[0].cpu()  # the guard's one host sync
             if out["nonfinite"].item() > 0:
                 if net.scaler.is_enabled():  # let the scaler see the overflow and lower its scale
                     net.scaler.step(net.optimizer)

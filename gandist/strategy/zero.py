@@ -155,6 +155,16 @@ class ZeroStrategy(Strategy):
         base = getattr(ds_optimizer, "optimizer", ds_optimizer) if own_optimizer else optimizer
         self.nets[name] = _Net(engine.module, engine, base, LossScale(enabled=self.precision == "fp16"))
 
+    def compile(self, backend: str) -> None:
+        """torch.compile the engines' forwards (ZeRO 0-2); ZeRO-3 gathers parameters in module hooks during the
+        forward, which gandist has not run under torch.compile: refused."""
+        if self.zero_stage == 3:
+            raise ConfigError(
+                "key 'train.compile' = true is not supported under DeepSpeed ZeRO-3 (its forward gathers parameters "
+                "in module hooks): use train.compile=false, or ZeRO stage 0-2"
+            )
+        super().compile(backend)
+
     def backward_and_step(self, name: str, loss: torch.Tensor, guard: bool = False) -> dict[str, torch.Tensor]:
         """engine.backward + engine.step for one micro-batch; DeepSpeed steps after the last one of a step.
 
@@ -192,7 +202,7 @@ class ZeroStrategy(Strategy):
         if guard:
             bad = (net.bad_loss | overflow).float().reshape(1)
             net.bad_loss = None
-            out["nonfinite"] = self.reduce_max(bad)[0]
+            out["nonfinite"] = self.reduce_max(bad)[0].cpu()  # the guard's one host sync (read by the loop)
         return out
 
     def _unscale_whole_gradients(self, engine, scale: LossScale, check: bool) -> tuple[torch.Tensor | None, bool]:

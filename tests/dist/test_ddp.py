@@ -56,3 +56,24 @@ def test_two_processes_equal_one_process_at_same_global_batch(tmp_path):
             if k.endswith("running_var"):
                 continue  # unbiased estimate over 8 vs 16 samples: legitimately different
             torch.testing.assert_close(two[net][k], one[net][k], rtol=1e-4, atol=1e-6, msg=f"{net}.{k}")
+
+
+def test_compiled_ddp_training_keeps_ranks_in_sync(tmp_path):
+    # torch.compile of the DDP wrappers (aot_eager: AOTAutograd's graphs without inductor's C++ build); R1 runs eager
+    proc = run(
+        accelerate_cmd(
+            ROOT / "gandist/train.py",
+            "--config",
+            "configs/tiny.yaml",
+            f"output_dir={tmp_path}",
+            "run_name=ddp",
+            "data.num_workers=1",
+            "train.compile=true",
+            "train.compile_backend=aot_eager",
+            "train.r1_gamma=1",
+            "train.r1_interval=4",
+        )
+    )
+    assert "compiled (aot_eager)" in proc.stderr and "WARNING train.compile" not in proc.stderr
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["params_in_sync"] is True and summary["step"] == 8
