@@ -72,3 +72,14 @@ def test_metrics_during_training_fail_before_training_without_weights(tmp_path, 
     )  # fmt: skip
     assert proc.returncode != 0 and "inception-2015-12-05.pt" in proc.stderr
     assert not (tmp_path / "m" / "stats.jsonl").exists()  # no training step was taken
+
+
+def test_the_shipped_best_recipe_trains_on_labelled_shards(tmp_path, tiny_shards):
+    # configs/fashion_mnist_best.yaml as README shows it, only shortened: its keys resolve and a run steps
+    run([PYTHON, "-m", "gandist.train", "--config", str(ROOT / "configs/fashion_mnist_best.yaml"),
+         f"output_dir={tmp_path}", "run_name=b", f"data.shards={tiny_shards}", "data.num_workers=0",
+         "train.kimg=0.064", "train.tick_kimg=0.032", "train.snapshot_kimg=0.064", "train.grid_size=16"])  # fmt: skip
+    state, _ = load_checkpoint(complete_checkpoints(tmp_path / "b")[-1])
+    assert state["step"] == 2 and state["config"]["model"]["arch"] == "resnet"
+    assert state["G_ema"]["blocks.0.bn1.gain.weight"].shape == (10, 256)  # class-conditional BatchNorm
+    assert state["D"]["embed.parametrizations.weight.original"].shape == (10, 256)  # projection head, d_width 64
