@@ -13,7 +13,8 @@ Three measurements, each in its own process with the same thread count, interlea
 
   plain      shared/bench/plain_gan.py: one D step + one G step on a fixed random batch
   synthetic  gandist's own step (strategy, D phase, G phase, G_ema update) on a fixed random batch
-  train      the whole `gandist train` job reading the embedded shards through the loader
+  train      the whole `gandist train` job reading shards through the loader (--shards; default the
+             embedded 32 px sample)
              (images/s from its stats.jsonl, first tick dropped as warm-up)
   train+X    the same with tracker X on (--tracking wandb: an offline W&B run)
 
@@ -309,11 +310,15 @@ def run_train(a: argparse.Namespace, report_to: str = "none") -> float:
             "train.checkpoint_kimg=0",
             *fast_path_overrides(a),
             f"data.num_workers={a.workers}",
+            f"data.shards={a.shards}",
             f"tracking.report_to={report_to}",
             *strategy_overrides(a.strategy),
         ]
-        if a.res != 32:
-            raise SystemExit("--mode train reads the embedded 32 px shards: use --res 32 or --skip-train")
+        if a.res != 32 and not a.shards:
+            raise SystemExit(
+                f"the train mode reads the embedded 32 px shards: give --shards of {a.res} px images "
+                "(gandist prepare SRC DIR --resolution N), use --res 32, or --skip-train"
+            )
         env = {**_child_env(a.threads), "WANDB_MODE": "offline"}
         subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, cwd=ROOT)
         lines = [json.loads(x) for x in (Path(tmp) / "bench" / "stats.jsonl").read_text().splitlines()]
@@ -349,6 +354,7 @@ def main() -> None:
     p.add_argument("--compile-backend", default="inductor", help="gandist's train.compile_backend")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: as is)")
     p.add_argument("--workers", type=int, default=1, help="loader workers for --mode train")
+    p.add_argument("--shards", default="", help="shards for the train mode (default: the embedded 32 px sample)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-train", action="store_true", help="only plain vs synthetic")
     p.add_argument(
