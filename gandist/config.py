@@ -44,6 +44,8 @@ class ModelConfig:
     """Channels of D's first layer (ndf); doubles at each lower resolution."""
     num_classes: int = 0
     """Classes of a class-conditional G and D (labels from the shards' cls, 0..num_classes-1); 0: unconditional."""
+    d_mbstd: int = 0
+    """ResNet D only: group size of a minibatch standard deviation layer at 4x4 (StyleGAN's; 4 is usual); 0: none."""
 
 
 @dataclass
@@ -455,6 +457,11 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
     for key, value in (("model.z_dim", m.z_dim), ("model.g_width", m.g_width), ("model.d_width", m.d_width)):
         if value < 1:
             raise ConfigError(f"key '{key}' must be a positive integer, got {value}")
+    if m.d_mbstd < 0 or (m.d_mbstd > 0 and m.arch != "resnet"):
+        raise ConfigError(
+            f"key 'model.d_mbstd' = {m.d_mbstd}: a group size >= 0, and > 0 only with model.arch=resnet "
+            f"(got arch {m.arch!r}; stylegan2's D always has the layer)"
+        )
     if t.batch < 1:
         raise ConfigError(f"key 'train.batch' must be positive, got {t.batch}")
     if world_size is not None and t.batch % world_size:

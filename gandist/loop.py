@@ -181,7 +181,9 @@ def build_nets(cfg: Config) -> tuple[torch.nn.Module, torch.nn.Module]:
     """G and D from the model config, with identical initial weights on every rank (seeded)."""
     m = cfg.model
     torch.manual_seed(cfg.train.seed)
-    return build_models(m.arch, m.resolution, m.channels, m.z_dim, m.g_width, m.d_width, num_classes=m.num_classes)
+    return build_models(
+        m.arch, m.resolution, m.channels, m.z_dim, m.g_width, m.d_width, num_classes=m.num_classes, d_mbstd=m.d_mbstd
+    )
 
 
 def class_labels(labels: torch.Tensor, num_classes: int, shards: str) -> torch.Tensor:

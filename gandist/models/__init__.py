@@ -23,8 +23,14 @@ def build_models(
     g_width: int,
     d_width: int,
     num_classes: int = 0,
+    d_mbstd: int = 0,
 ) -> tuple[nn.Module, nn.Module]:
-    """Return (G, D) for an architecture name; num_classes > 0 makes both class-conditional."""
+    """Return (G, D) for an architecture name; num_classes > 0 makes both class-conditional.
+
+    d_mbstd > 0 adds a minibatch standard deviation layer (that group size) to the ResNet D.
+    """
+    if d_mbstd and arch != "resnet":
+        raise ValueError(f"d_mbstd is an option of the resnet D (stylegan2's D always has one), not of {arch!r}")
     if arch == "dcgan":
         if num_classes:
             raise ValueError("the DCGAN is unconditional: use arch resnet or stylegan2 for num_classes > 0")
@@ -35,7 +41,9 @@ def build_models(
     if arch == "resnet":
         return (
             ResNetGenerator(resolution, z_dim=z_dim, width=g_width, channels=channels, num_classes=num_classes),
-            ResNetDiscriminator(resolution, width=d_width, channels=channels, num_classes=num_classes),
+            ResNetDiscriminator(
+                resolution, width=d_width, channels=channels, num_classes=num_classes, mbstd_group=d_mbstd
+            ),
         )
     if arch == "stylegan2":
         return (

@@ -7,7 +7,10 @@ shift come from a per-class embedding (de Vries et al. 2017), so G(z, c) draws c
 D: residual down-blocks to 4x4 (the first one "optimised": conv before ReLU), ReLU, global sum
 pooling, a linear logit; every conv and linear layer is spectrally normalised (largest singular
 value kept near 1 by one power iteration per training forward). With `num_classes > 0` a
-projection head adds <embed(c), h> to the logit (Miyato & Koyama 2018).
+projection head adds <embed(c), h> to the logit (Miyato & Koyama 2018). With `mbstd_group` > 0
+the 4x4 features get StyleGAN's minibatch standard deviation channel and one more 3x3 conv: D then
+sees how varied a batch is (its BatchNorm gives DCGAN's D the same signal; an SN ResNet D without
+it lets a conditional G settle on few samples per class: precision high, recall low).
 
 Channels at resolution r are width * min(8, resolution / r): 8*width at 4x4 for 32 px images,
 width at the image resolution. Parameter counts, z_dim 100 (unconditional / 10 classes):
@@ -27,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
+
+from gandist.models.layers import minibatch_stddev
 
 
 def channels_at(resolution: int, r: int, width: int) -> int:
@@ -136,12 +141,16 @@ class DBlock(nn.Module):
 class ResNetDiscriminator(nn.Module):
     """image (and class labels c when conditional) -> one logit per image (N x 1)."""
 
-    def __init__(self, resolution: int = 32, width: int = 64, channels: int = 3, num_classes: int = 0):
+    def __init__(
+        self, resolution: int = 32, width: int = 64, channels: int = 3, num_classes: int = 0, mbstd_group: int = 0
+    ):
         super().__init__()
         self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
+        self.mbstd_group = mbstd_group
         n_down = _num_blocks(resolution)
         chans = [channels] + [channels_at(resolution, resolution // 2**i, width) for i in range(n_down)]
         self.blocks = nn.Sequential(*(DBlock(chans[i], chans[i + 1], first=i == 0) for i in range(n_down)))
+        self.mbstd_conv = spectral_norm(nn.Conv2d(chans[-1] + 1, chans[-1], 3, 1, 1)) if mbstd_group > 0 else None
         self.linear = spectral_norm(nn.Linear(chans[-1], 1))
         self.embed = spectral_norm(nn.Embedding(num_classes, chans[-1])) if num_classes > 0 else None
         for m in self.modules():
@@ -153,7 +162,10 @@ class ResNetDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         _check_labels(c, self.num_classes, "ResNetDiscriminator")
-        h = F.relu(self.blocks(x)).sum(dim=(2, 3))
+        h = F.relu(self.blocks(x))
+        if self.mbstd_conv is not None:
+            h = F.relu(self.mbstd_conv(minibatch_stddev(h, self.mbstd_group)))
+        h = h.sum(dim=(2, 3))
         logit = self.linear(h)
         if self.embed is not None:
             logit = logit + (self.embed(c) * h).sum(dim=1, keepdim=True)

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gandist.models.layers import minibatch_stddev
+
 GAIN = math.sqrt(2.0)  # keeps activation magnitudes through leaky ReLU(0.2), as in StyleGAN
 
 
@@ -250,16 +252,6 @@ class DiscriminatorBlock(nn.Module):
         skip = self.skip(F.avg_pool2d(x, 2))
         x = F.avg_pool2d(self.conv1(self.conv0(x)), 2)
         return (x + skip) * math.sqrt(0.5)
-
-
-def minibatch_stddev(x: torch.Tensor, group_size: int = 4) -> torch.Tensor:
-    """Append one channel: the average std of features over groups of samples (lets D see variety)."""
-    n, c, h, w = x.shape
-    g = max(d for d in range(1, min(group_size, n) + 1) if n % d == 0)
-    y = x.reshape(g, n // g, c, h, w).float()
-    y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # one value per group member index
-    y = y.to(x.dtype).reshape(n // g, 1, 1, 1).repeat(g, 1, h, w)
-    return torch.cat([x, y], dim=1)
 
 
 class StyleGAN2Discriminator(nn.Module):

@@ -134,3 +134,21 @@ def test_stylegan2_truncation_pulls_towards_mean_w():
 def test_minibatch_stddev_handles_odd_batches():
     for n in (1, 3, 4, 6, 8):
         assert stylegan2.minibatch_stddev(torch.randn(n, 5, 4, 4)).shape == (n, 6, 4, 4)
+
+
+def test_resnet_minibatch_stddev_lets_D_see_a_batch_variety():
+    torch.manual_seed(0)
+    _, plain = build_models("resnet", 32, 1, z_dim=8, g_width=4, d_width=4, num_classes=3)
+    _, D = build_models("resnet", 32, 1, z_dim=8, g_width=4, d_width=4, num_classes=3, d_mbstd=4)
+    plain.eval(), D.eval()  # eval: no power iteration, so repeated calls see the same weights
+    x, c = torch.randn(8, 1, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    same = x[:1].expand(8, -1, -1, -1)  # image 0 among copies of itself: no variety in its groups
+    with torch.no_grad():
+        assert D(x, c).shape == (8, 1)
+        # without the layer a sample's logit does not depend on the rest of the batch; with it, it does
+        assert torch.allclose(plain(x, c)[0], plain(same, c)[0], atol=1e-6)
+        assert not torch.allclose(D(x, c)[0], D(same, c)[0], atol=1e-4)
+    # the extra layer is spectrally normalised like the rest of D
+    assert hasattr(D.mbstd_conv, "parametrizations") and plain.mbstd_conv is None
+    with pytest.raises(ValueError, match="d_mbstd"):
+        build_models("dcgan", 32, 1, z_dim=8, g_width=4, d_width=4, d_mbstd=4)

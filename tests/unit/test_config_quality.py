@@ -35,6 +35,8 @@ def test_overrides_of_lists_and_sections():
         ("metrics.num_fake=1", "metrics.num_fake"),
         ("augment.p=1.5", "augment.p"),
         ("model.arch=biggan", "model.arch"),
+        ("model.d_mbstd=4", "model.d_mbstd"),  # with the default dcgan
+        ("model.d_mbstd=-1", "model.d_mbstd"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
