@@ -102,8 +102,9 @@ def table(step_s: float, params: tuple[int, int], overlap: float, nvlink_gbyte: 
 #   compute   each rank's D-phase and G-phase times when the two ranks run as independent processes
 #             at the same time (on a 2-core machine they share caches and memory bandwidth; on a
 #             GPU node each rank has its own device and this equals the 1-process time)
-#   sync      each phase ends when the slowest rank ends it: the mean over steps of the max over
-#             ranks of those phase times (stragglers), instead of their mean
+#   sync      at each collective (a DDP forward's buffer broadcast, a backward's all-reduce) the
+#             ranks wait for the slowest: the stretches between collectives, timed in those
+#             independent runs, count with the max over ranks instead of their mean (stragglers)
 #   comm      comm_seconds() above for G's and D's gradient bytes, with this machine's all-reduce
 #             bandwidth and latency fitted to gloo all-reduces of a few sizes, plus one latency per
 #             extra collective (DDP's gradient buckets, its BatchNorm buffer broadcasts); no overlap
@@ -124,14 +125,22 @@ G, D = build_nets(cfg)
 s.add("G", G, make_optimizer(G.parameters(), cfg.G_opt)); s.add("D", D, make_optimizer(D.parameters(), cfg.D_opt))
 ph = Phases(s, *get_losses("nonsaturating"), TickStats(s.device))
 real = torch.rand(batch, 3, res, res) * 2 - 1
-d_times, g_times = [], []
+# Each DDP forward broadcasts BatchNorm buffers and each backward ends in the gradient all-reduce:
+# both are points where the ranks wait for each other. Time the stretches between them: marks at
+# every forward of a net being trained (the frozen D of the G phase is a plain module: no collective).
+marks = []
+def mark(module, args):
+    if next(module.parameters()).requires_grad: marks.append(time.perf_counter())
+for net in (G, D): net.register_forward_pre_hook(mark)
+segments = []
 for i in range(warmup + steps):
-    t0 = time.perf_counter(); ph.d_phase(real, torch.randn(batch, 100))
-    t1 = time.perf_counter(); ph.g_phase(torch.randn(batch, 100))
+    marks.clear(); t0 = time.perf_counter(); ph.d_phase(real, torch.randn(batch, 100))
+    t1 = time.perf_counter(); d_marks = list(marks); marks.clear(); ph.g_phase(torch.randn(batch, 100))
     t2 = time.perf_counter()
+    points = [t0, *d_marks, t1, *marks, t2]
     if i >= warmup:
-        d_times.append(t1 - t0); g_times.append(t2 - t1)
-result = {"d_s": d_times, "g_s": g_times, "world": s.world_size}
+        segments.append([b - a for a, b in zip(points, points[1:])])
+result = {"segments": segments, "world": s.world_size}
 if s.world_size > 1:  # all-reduce of a few sizes, for bandwidth and latency
     result["allreduce"] = {}
     for numel in (1, 2**16, 2**19, 2**21):
@@ -165,16 +174,20 @@ def fit_allreduce(times: dict[int, float]) -> tuple[float, float]:
 
 
 def synced_step(ranks: list[dict]) -> float:
-    """Mean step time when every phase waits for the slowest rank (phase times of independent runs)."""
-    steps = min(len(r["d_s"]) for r in ranks)
+    """Mean step time when every stretch between collectives waits for the slowest rank.
+
+    Each rank's "segments" holds, per step, the times between its collectives (measured in
+    independent runs); the ranks' i-th steps are paired.
+    """
+    steps = min(len(r["segments"]) for r in ranks)
     total = 0.0
     for i in range(steps):
-        total += max(r["d_s"][i] for r in ranks) + max(r["g_s"][i] for r in ranks)
+        total += sum(max(times) for times in zip(*(r["segments"][i] for r in ranks)))
     return total / steps
 
 
 def mean_step(rank: dict) -> float:
-    return (sum(rank["d_s"]) + sum(rank["g_s"])) / len(rank["d_s"])
+    return sum(sum(step) for step in rank["segments"]) / len(rank["segments"])
 
 
 def predict(

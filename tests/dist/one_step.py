@@ -49,3 +49,8 @@ if strategy.is_main:
         sys.argv[1],
     )
 strategy.close()
+# close() must have dropped the DDP wrappers before destroying the process group (freed later, at
+# interpreter shutdown, they aborted the process now and then: "terminate called without an active exception")
+released = all(net.wrapped is net.module for net in strategy.nets.values()) and not strategy.accelerator._models
+if strategy.is_main:
+    torch.save({**torch.load(sys.argv[1], weights_only=False), "released": released}, sys.argv[1])

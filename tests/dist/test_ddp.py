@@ -45,6 +45,7 @@ def test_two_processes_equal_one_process_at_same_global_batch(tmp_path):
     one = torch.load(tmp_path / "one.pt", weights_only=False)
     two = torch.load(tmp_path / "two.pt", weights_only=False)
     assert (one["world"], two["world"]) == (1, 2)
+    assert two["released"] is True  # DDP wrappers dropped before the process group was destroyed
     for key in ("loss/D", "loss/G", "score/real", "score/fake"):
         assert two["losses"][key] == pytest.approx(one["losses"][key], rel=1e-5, abs=1e-6), key
     # gradients (Adam's first moment is 0.1 * grad after one step) and updated weights

@@ -52,11 +52,14 @@ def test_ddp_bucket_count(scaling):
 
 
 def test_prediction_adds_stragglers_and_communication(scaling):
-    alone = {"d_s": [0.05] * 4, "g_s": [0.05] * 4}
-    a = {"d_s": [0.05, 0.07, 0.05, 0.07], "g_s": [0.05] * 4}
-    b = {"d_s": [0.07, 0.05, 0.07, 0.05], "g_s": [0.05] * 4}
+    alone = {"segments": [[0.05, 0.05]] * 4}
+    a = {"segments": [[0.05, 0.05], [0.07, 0.05], [0.05, 0.05], [0.07, 0.05]]}
+    b = {"segments": [[0.07, 0.05], [0.05, 0.05], [0.07, 0.05], [0.05, 0.05]]}
     assert scaling.mean_step(a) == pytest.approx(0.11)
-    assert scaling.synced_step([a, b]) == pytest.approx(0.12)  # each D phase waits for the slower rank
+    assert scaling.synced_step([a, b]) == pytest.approx(0.12)  # each stretch waits for the slower rank
+    # stragglers in different stretches of a step each cost a wait: 0.12, not max(0.12, 0.12)
+    c, d = {"segments": [[0.07, 0.05]]}, {"segments": [[0.05, 0.07]]}
+    assert scaling.synced_step([c, d]) == pytest.approx(0.14)
     assert scaling.synced_step([a, a]) == pytest.approx(scaling.mean_step(a))
     allreduce = {b: 1e-3 + b / 1e9 for b in (4, 1 << 20, 1 << 23)}
     got = scaling.predict(alone, [a, b], allreduce, (1000, 1000))
