@@ -341,7 +341,5 @@ class Strategy:
         """
         for net in self.nets.values():
             net.wrapped = net.module
-        for attr in ("engines",):
-            getattr(self, attr, {}).clear()
         self.accelerator.free_memory()
         gc.collect()

@@ -205,6 +205,10 @@ class ZeroStrategy(Strategy):
             out["nonfinite"] = self.reduce_max(bad)[0].cpu()  # the guard's one host sync (read by the loop)
         return out
 
+    def _release_wrappers(self) -> None:
+        self.engines.clear()  # the engines hold the process group too
+        super()._release_wrappers()
+
     def _unscale_whole_gradients(self, engine, scale: LossScale, check: bool) -> tuple[torch.Tensor | None, bool]:
         """ZeRO-0: unscale and clip the all-reduced (identical on every rank) gradients, as DDP does; with
         `check`, drop them on inf/NaN, so that the engine's optimizer step leaves parameters and Adam's
