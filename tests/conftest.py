@@ -38,6 +38,11 @@ def accelerate_cmd(script: str | Path, *args: str, nproc: int = 2) -> list[str]:
     ]
 
 
+def train_cmd(*args: str, config: str = "configs/tiny.yaml") -> list[str]:
+    """`python -m gandist.train --config <config> *args`: one training run in this process's Python."""
+    return [PYTHON, "-m", "gandist.train", "--config", str(ROOT / config), *args]
+
+
 def run(
     cmd: list[str], timeout: float = 300, env: dict | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:

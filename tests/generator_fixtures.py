@@ -19,7 +19,7 @@ from torch import nn
 from gandist.checkpoint import latest_checkpoint
 from gandist.config import Config
 from gandist.sampling import TrainedGenerator
-from tests.conftest import PYTHON, ROOT, run
+from tests.conftest import run, train_cmd
 
 
 def tiny_trained_run(tmp_path_factory) -> Path:
@@ -27,18 +27,7 @@ def tiny_trained_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.getbasetemp() / "tiny-trained-run"
     run_dir = root / "r"
     if latest_checkpoint(run_dir) is None:
-        run(
-            [
-                PYTHON,
-                "-m",
-                "gandist.train",
-                "--config",
-                str(ROOT / "configs/tiny.yaml"),
-                f"output_dir={root}",
-                "run_name=r",
-                "train.checkpoint_kimg=0.128",
-            ]
-        )
+        run(train_cmd(f"output_dir={root}", "run_name=r", "train.checkpoint_kimg=0.128"))
     return run_dir
 
 

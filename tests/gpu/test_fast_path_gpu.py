@@ -13,7 +13,7 @@ from gandist.loop import Phases, build_nets, make_optimizer
 from gandist.losses import get_losses
 from gandist.strategy import make_strategy
 from gandist.tracking import TickStats
-from tests.conftest import PYTHON, ROOT, run
+from tests.conftest import ROOT, run, train_cmd
 
 pytestmark = [
     pytest.mark.gpu,
@@ -57,7 +57,7 @@ def test_a_step_syncs_with_the_host_only_for_the_guard(guard):
 
 
 def test_a_default_run_is_channels_last_and_compile_either_works_or_falls_back(tmp_path):
-    args = [PYTHON, "-m", "gandist.train", "--config", str(ROOT / "configs/tiny.yaml"), f"output_dir={tmp_path}"]
+    args = train_cmd(f"output_dir={tmp_path}")
     proc = run([*args, "run_name=plain"], timeout=600)
     assert "channels_last" in proc.stderr and "precision bf16" in proc.stderr
     proc = run([*args, "run_name=compiled", "train.compile=true"], timeout=900)

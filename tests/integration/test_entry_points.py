@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from gandist.checkpoint import latest_checkpoint
-from tests.conftest import BIN, PYTHON, ROOT, run
+from tests.conftest import BIN, PYTHON, ROOT, run, train_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -88,16 +88,7 @@ def test_config_error_exits_2_naming_the_key(tmp_path):
 
 
 def test_resume_auto_continues_the_kimg_count(tmp_path, tiny_shards):
-    args = [
-        PYTHON,
-        "-m",
-        "gandist.train",
-        "--config",
-        str(ROOT / "configs/tiny.yaml"),
-        f"output_dir={tmp_path}",
-        "run_name=r",
-        f"data.shards={tiny_shards}",
-    ]
+    args = train_cmd(f"output_dir={tmp_path}", "run_name=r", f"data.shards={tiny_shards}")
     run(args)
     run([*args, "train.kimg=0.512"])
     stats = [json.loads(line) for line in (tmp_path / "r" / "stats.jsonl").read_text().splitlines()]

@@ -6,25 +6,13 @@ import json
 import pytest
 
 from gandist.checkpoint import latest_checkpoint, load_checkpoint
-from tests.conftest import PYTHON, ROOT, run
+from tests.conftest import run, train_cmd
 
 pytestmark = pytest.mark.slow
 
 
 def _train(tmp_path, shards, *overrides):
-    return run(
-        [
-            PYTHON,
-            "-m",
-            "gandist.train",
-            "--config",
-            str(ROOT / "configs/tiny.yaml"),
-            f"output_dir={tmp_path}",
-            "run_name=r",
-            f"data.shards={shards}",
-            *overrides,
-        ]
-    )
+    return run(train_cmd(f"output_dir={tmp_path}", "run_name=r", f"data.shards={shards}", *overrides))
 
 
 def test_compiled_run_trains_resumes_and_keeps_plain_checkpoint_keys(tmp_path, tiny_shards):

@@ -12,7 +12,7 @@ from gandist.checkpoint import complete_checkpoints
 from gandist.config import from_dict
 from gandist.loop import build_nets
 from gandist.sampling import latents, to_uint8
-from tests.conftest import BIN, PYTHON, ROOT, run
+from tests.conftest import BIN, run, train_cmd
 from tests.generator_fixtures import read_dataset, tiny_trained_run
 
 pytestmark = pytest.mark.slow
@@ -45,8 +45,7 @@ def test_generated_shards_hold_G_ema_samples_and_train_a_new_run(run_dir, tmp_pa
         assert np.array_equal(np.array(Image.open(BytesIO(entry["png"]))), expected[key]), key
 
     # the shards are training data as they are: a new run reads them through data.shards
-    run([PYTHON, "-m", "gandist.train", "--config", str(ROOT / "configs/tiny.yaml"), f"output_dir={tmp_path}",
-         "run_name=on-fakes", f"data.shards={pattern}", "train.kimg=0.128"])  # fmt: skip
+    run(train_cmd(f"output_dir={tmp_path}", "run_name=on-fakes", f"data.shards={pattern}", "train.kimg=0.128"))
     summary = json.loads((tmp_path / "on-fakes" / "summary.json").read_text())
     assert summary["kimg"] >= 0.128 and summary["step"] == 4
     stats = [json.loads(line) for line in (tmp_path / "on-fakes" / "stats.jsonl").read_text().splitlines()]

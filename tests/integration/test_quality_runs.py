@@ -6,18 +6,13 @@ import subprocess
 import pytest
 
 from gandist.checkpoint import complete_checkpoints, load_checkpoint
-from tests.conftest import BIN, PYTHON, ROOT, run
+from tests.conftest import BIN, ROOT, run, train_cmd
 
 pytestmark = pytest.mark.slow
 
 
 def test_stylegan2_conditional_wgan_gp_run_resumes_augment_and_lecam_state(tmp_path, tiny_shards):
-    args = [
-        PYTHON,
-        "-m",
-        "gandist.train",
-        "--config",
-        str(ROOT / "configs/tiny.yaml"),
+    args = train_cmd(
         f"output_dir={tmp_path}",
         "run_name=s",
         f"data.shards={tiny_shards}",
@@ -31,7 +26,7 @@ def test_stylegan2_conditional_wgan_gp_run_resumes_augment_and_lecam_state(tmp_p
         "augment.ada=xflip,translate,scale,contrast",
         "augment.p=0.5",
         "augment.interval=4",
-    ]
+    )
     run(args)
     first, _ = load_checkpoint(complete_checkpoints(tmp_path / "s")[-1])
     p1 = first["augment"]["p"].item()
@@ -50,8 +45,7 @@ def test_stylegan2_conditional_wgan_gp_run_resumes_augment_and_lecam_state(tmp_p
 
 
 def test_evaluate_says_where_the_inception_weights_go(tmp_path, tiny_shards):
-    run([PYTHON, "-m", "gandist.train", "--config", str(ROOT / "configs/tiny.yaml"), f"output_dir={tmp_path}",
-         "run_name=e", f"data.shards={tiny_shards}", "train.kimg=0.064"])  # fmt: skip
+    run(train_cmd(f"output_dir={tmp_path}", "run_name=e", f"data.shards={tiny_shards}", "train.kimg=0.064"))
     env = {"TORCH_HOME": str(tmp_path / "torch"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [str(BIN / "gandist"), "evaluate", str(tmp_path / "e")], capture_output=True, text=True, env=env, cwd=ROOT
@@ -66,8 +60,7 @@ def test_evaluate_says_where_the_inception_weights_go(tmp_path, tiny_shards):
 
 def test_metrics_during_training_fail_before_training_without_weights(tmp_path, tiny_shards):
     proc = subprocess.run(
-        [PYTHON, "-m", "gandist.train", "--config", str(ROOT / "configs/tiny.yaml"), f"output_dir={tmp_path}",
-         "run_name=m", f"data.shards={tiny_shards}", "metrics.interval_kimg=0.1"],
+        train_cmd(f"output_dir={tmp_path}", "run_name=m", f"data.shards={tiny_shards}", "metrics.interval_kimg=0.1"),
         capture_output=True, text=True, env={"TORCH_HOME": str(tmp_path / "hub"), "PATH": ""}, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode != 0 and "inception-2015-12-05.pt" in proc.stderr
@@ -76,9 +69,19 @@ def test_metrics_during_training_fail_before_training_without_weights(tmp_path, 
 
 def test_the_shipped_best_recipe_trains_on_labelled_shards(tmp_path, tiny_shards):
     # configs/fashion_mnist_best.yaml as README shows it, only shortened: its keys resolve and a run steps
-    run([PYTHON, "-m", "gandist.train", "--config", str(ROOT / "configs/fashion_mnist_best.yaml"),
-         f"output_dir={tmp_path}", "run_name=b", f"data.shards={tiny_shards}", "data.num_workers=0",
-         "train.kimg=0.064", "train.tick_kimg=0.032", "train.snapshot_kimg=0.064", "train.grid_size=16"])  # fmt: skip
+    run(
+        train_cmd(
+            f"output_dir={tmp_path}",
+            "run_name=b",
+            f"data.shards={tiny_shards}",
+            "data.num_workers=0",
+            "train.kimg=0.064",
+            "train.tick_kimg=0.032",
+            "train.snapshot_kimg=0.064",
+            "train.grid_size=16",
+            config="configs/fashion_mnist_best.yaml",
+        )
+    )
     state, _ = load_checkpoint(complete_checkpoints(tmp_path / "b")[-1])
     assert state["step"] == 2 and state["config"]["model"]["arch"] == "resnet"
     assert state["G_ema"]["blocks.0.bn1.gain.weight"].shape == (10, 256)  # class-conditional BatchNorm

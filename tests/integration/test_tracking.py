@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, accelerate_cmd, run
+from tests.conftest import ROOT, accelerate_cmd, run, train_cmd
 from tests.wandb_offline import read_offline_run
 
 pytestmark = pytest.mark.slow
@@ -69,16 +69,7 @@ def test_two_process_wandb_run_is_one_run_and_resumes_the_same_id(tmp_path):
 
 def test_wandb_disabled_is_respected(tmp_path):
     run(
-        [
-            PYTHON,
-            "-m",
-            "gandist.train",
-            "--config",
-            str(ROOT / "configs/tiny.yaml"),
-            f"output_dir={tmp_path}",
-            "run_name=off",
-            "tracking.report_to=wandb",
-        ],
+        train_cmd(f"output_dir={tmp_path}", "run_name=off", "tracking.report_to=wandb"),
         env={"WANDB_MODE": "disabled"},
     )
     assert not list((tmp_path / "off").glob("wandb/offline-run-*"))
@@ -87,18 +78,7 @@ def test_wandb_disabled_is_respected(tmp_path):
 
 def test_tensorboard_writes_event_files(tmp_path):
     pytest.importorskip("tensorboard")
-    run(
-        [
-            PYTHON,
-            "-m",
-            "gandist.train",
-            "--config",
-            str(ROOT / "configs/tiny.yaml"),
-            f"output_dir={tmp_path}",
-            "run_name=tb",
-            "tracking.report_to=tensorboard",
-        ]
-    )
+    run(train_cmd(f"output_dir={tmp_path}", "run_name=tb", "tracking.report_to=tensorboard"))
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     (events,) = list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
