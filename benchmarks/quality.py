@@ -15,7 +15,7 @@ Steps (each cached under --work, default runs/quality/, and reused when present)
  3. runs at the same budget of --kimg thousand real images shown to D, each measured against the
     10,000 test images (reference statistics cached next to the test shards) with --num-fake fakes:
       seed    gandist, configs/fashion_mnist.yaml (DCGAN, non-saturating loss, G_ema)
-      plain   shared/bench/plain_gan.py's DCGAN G and D driven by its own D/G step code on the same
+      plain   benchmarks/reference/plain_gan.py's DCGAN G and D driven by its own D/G step code on the same
               images (that script has no data path; its steps are copied here verbatim, real batches added)
       best    gandist, --best-config (configs/fashion_mnist_best.yaml)
     gandist runs are measured on G_ema and on G; the plain loop has no G_ema.
@@ -202,7 +202,7 @@ def gandist_run(name: str, config: Path, train: str, kimg: float, work: Path, ex
 
 
 def _plain_gan_module():
-    path = ROOT.parent / "shared" / "bench" / "plain_gan.py"
+    path = ROOT / "benchmarks" / "reference" / "plain_gan.py"
     if not path.is_file():
         raise SystemExit(f"quality: {path} not found (the speed reference loop); skip it with --recipes seed,best")
     spec = importlib.util.spec_from_file_location("plain_gan", path)
