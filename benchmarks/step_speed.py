@@ -22,11 +22,12 @@ Same model (DCGAN, width 64, 3 channels: the parameter counts of plain_gan.py), 
 precision. --arch resnet or stylegan2 (width 64) measure gandist alone: plain_gan.py exists only for the
 DCGAN, so those runs print gandist's numbers without a ratio. The fast-path settings follow gandist's
 config: --channels-last auto (on for CUDA, off on CPU and under DeepSpeed; the plain loop gets the same
-resolved value), fused Adam on CUDA, --compile (gandist: train.compile with --compile-backend; the plain
-loop: its own --compile, inductor). --strategy picks how gandist holds the nets (single, ddp,
-zero0-zero3: DeepSpeed engines); with --nproc N the synthetic step runs on N processes (accelerate
-launch, --batch images per process) and its images/s are per process, comparable with the one-process
-plain loop at the same batch.
+resolved value), fused Adam on CUDA, --malloc-tuning (train.malloc_tuning: auto keeps freed memory in
+gandist's process on the CPU; off leaves glibc's defaults, which the plain loop always has), --compile
+(gandist: train.compile with --compile-backend; the plain loop: its own --compile, inductor).
+--strategy picks how gandist holds the nets (single, ddp, zero0-zero3: DeepSpeed engines); with
+--nproc N the synthetic step runs on N processes (accelerate launch, --batch images per process) and
+its images/s are per process, comparable with the one-process plain loop at the same batch.
 Prints one JSON line per measurement (images/s and seconds per kimg), then one summary line with the
 medians and their ratios, the best run of each mode and their ratios (ratio_best_*: on a shared machine
 the fastest run is the least disturbed one; the same process varies by +-7% from run to run on the
@@ -62,7 +63,7 @@ def synthetic_worker(a: argparse.Namespace) -> None:
 
     from gandist.config import load_config
     from gandist.ema import ema_beta, make_ema, update_ema
-    from gandist.fastpath import first_step_or_eager
+    from gandist.fastpath import first_step_or_eager, tune_malloc
     from gandist.loop import Phases, build_nets, make_optimizer
     from gandist.losses import get_losses
     from gandist.strategy import make_strategy
@@ -85,6 +86,7 @@ def synthetic_worker(a: argparse.Namespace) -> None:
     )
     strategy = make_strategy(cfg.strategy, cfg.train.precision, cfg.train.batch)
     device = strategy.device
+    tune_malloc(cfg.train.malloc_tuning, device.type)
     # as the training loop does (loop.py): channels_last already resolved by main(), fused Adam for the device
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     G, D = build_nets(cfg)
@@ -150,6 +152,7 @@ def paired_range(mode: list[float], plain: list[float]) -> list[float]:
 def fast_path_overrides(a: argparse.Namespace) -> list[str]:
     """gandist config overrides for --channels-last (resolved by main() to on/off) and --compile."""
     out = [f"train.channels_last={'true' if a.channels_last == 'on' else 'false'}"]
+    out.append(f"train.malloc_tuning={'auto' if a.malloc_tuning == 'auto' else 'false'}")
     if a.compile:
         out += ["train.compile=true", f"train.compile_backend={a.compile_backend}"]
     return out
@@ -284,6 +287,8 @@ def run_synthetic(a: argparse.Namespace) -> float:
         a.channels_last,
         "--compile-backend",
         a.compile_backend,
+        "--malloc-tuning",
+        a.malloc_tuning,
     ]
     if a.compile:
         cmd.append("--compile")
@@ -360,6 +365,12 @@ def main() -> None:
         help="auto (default): on for CUDA, off on CPU and under DeepSpeed, as gandist's train.channels_last; "
         "the bare flag means on",
     )
+    p.add_argument(
+        "--malloc-tuning",
+        default="auto",
+        choices=["auto", "off"],
+        help="gandist's train.malloc_tuning (auto: on for the CPU); off: glibc's defaults, as the plain loop has",
+    )
     p.add_argument("--compile", action="store_true", help="train.compile=true (and the plain loop's --compile)")
     p.add_argument("--compile-backend", default="inductor", help="gandist's train.compile_backend")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: as is)")
@@ -419,6 +430,7 @@ def main() -> None:
         "precision": a.precision,
         "channels_last": a.channels_last,
         "compile": a.compile_backend if a.compile else False,
+        "malloc_tuning": a.malloc_tuning,
         "threads": a.threads or "default",
         **{f"{k}_images_per_s": round(v, 1) for k, v in med.items()},
         **{f"{k}_sec_per_kimg": sec_per_kimg(v) for k, v in med.items()},

@@ -3,6 +3,7 @@
     set up: process group, run folder, G, D, G_ema, Adam per net, strategy, per-rank shard stream;
             resume from the newest complete checkpoint (state.py) if there is one;
             on CUDA the fast path (fastpath.py): channels_last, fused Adam, TF32, cudnn.benchmark [, torch.compile]
+            on the CPU: glibc's malloc keeps freed memory for the next step (fastpath.tune_malloc)
     while nimg < train.kimg * 1000:
         real, c <- next batch of this rank (uint8 on the host) -> device, [-1, 1]; c: class labels or None
         lr     <- schedule(kimg) (schedule.py)
@@ -50,7 +51,7 @@ from gandist.augment import AugmentPipe
 from gandist.config import Config, ConfigError, to_dict, to_yaml, validate
 from gandist.data import DataError, ShardLoader, StreamSpec, check_dataset, expand_shards, make_loader, to_device_float
 from gandist.ema import ema_beta, make_ema, refresh_batchnorm_stats, update_ema
-from gandist.fastpath import first_step_or_eager, resolve_channels_last, resolve_fused
+from gandist.fastpath import first_step_or_eager, resolve_channels_last, resolve_fused, tune_malloc
 from gandist.images import make_grid, save_grid
 from gandist.losses import get_losses
 from gandist.metrics import Evaluator
@@ -314,6 +315,7 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    tune_malloc(t.malloc_tuning, device.type)
     channels_last = resolve_channels_last(t.channels_last, device.type, strategy.name)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     run_dir = _run_dir(cfg, strategy)
