@@ -55,7 +55,10 @@ def tune_malloc(setting: bool | str, device_type: str) -> bool:
     """
     if setting is False or (setting == "auto" and device_type != "cpu"):
         return False
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the C library this process runs on
+    try:
+        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the C library this process runs on
+    except (OSError, TypeError):  # no C library to open this way (Windows)
+        mallopt = None
     done = bool(mallopt) and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     if not done and setting is True:
         raise ConfigError("key 'train.malloc_tuning' = true needs glibc's mallopt, not in this C library: use auto")
