@@ -63,8 +63,12 @@ class Reporter:
 
     def advance(self, kimg: float) -> None:
         """Move the bar to `kimg` (cheap; called every step)."""
-        if self.bar is not None:
-            self.bar.update(round(min(kimg, self.bar.total) - self.bar.n, 3))
+        if self.bar is None:
+            return
+        target = min(round(kimg, 3), self.bar.total)
+        if target > self.bar.n:
+            self.bar.update(target - self.bar.n)
+            self.bar.n = target  # summed float increments would drift past the total (tqdm then warns)
 
     def tick(self, record: dict) -> None:
         """Append one line to stats.jsonl and show the losses on the bar."""
