@@ -63,7 +63,7 @@ def synthetic_worker(a: argparse.Namespace) -> None:
 
     from gandist.config import load_config
     from gandist.ema import ema_beta, make_ema, update_ema
-    from gandist.fastpath import first_step_or_eager, tune_malloc
+    from gandist.fastpath import first_step_or_eager, set_up_device
     from gandist.loop import Phases, build_nets, make_optimizer
     from gandist.losses import get_losses
     from gandist.strategy import make_strategy
@@ -86,9 +86,10 @@ def synthetic_worker(a: argparse.Namespace) -> None:
     )
     strategy = make_strategy(cfg.strategy, cfg.train.precision, cfg.train.batch)
     device = strategy.device
-    tune_malloc(cfg.train.malloc_tuning, device.type)
-    # as the training loop does (loop.py): channels_last already resolved by main(), fused Adam for the device
-    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    # as the training loop does (loop.py): cudnn/TF32/malloc settings, channels_last (already resolved by main()
+    # to true/false), fused Adam for the device
+    channels_last = set_up_device(cfg.train, device.type, strategy.name)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     G, D = build_nets(cfg)
     G, D = G.to(device, memory_format=fmt), D.to(device, memory_format=fmt)
     G_ema = make_ema(G)

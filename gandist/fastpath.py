@@ -7,7 +7,8 @@
     train.compile=false          torch.compile of G's and D's training forwards (strategy.compile), opt-in:
                                  if compiling or the first compiled step raises, one warning line, then eager
 
-cudnn.benchmark and TF32 are switched on for CUDA by the loop itself. Speed measured on an H100 is in
+set_up_device applies the process-wide ones (and cudnn.benchmark and TF32 on CUDA) for the loop and the
+benchmarks alike. Speed measured on an H100 is in
 shared/DESIGN.md (bf16 + channels_last: 2.3x fp32 at batch 1024; compile with channels_last failed there).
 """
 
@@ -16,7 +17,9 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 
-from gandist.config import ConfigError
+import torch
+
+from gandist.config import ConfigError, TrainConfig
 
 # glibc's mallopt parameters (malloc.h) and the values train.malloc_tuning sets
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -63,6 +66,17 @@ def tune_malloc(setting: bool | str, device_type: str) -> bool:
     if not done and setting is True:
         raise ConfigError("key 'train.malloc_tuning' = true needs glibc's mallopt, not in this C library: use auto")
     return bool(done)
+
+
+def set_up_device(t: TrainConfig, device_type: str, strategy_name: str) -> bool:
+    """The process-wide fast-path settings for nets training on `device_type`: cudnn.benchmark and TF32 on
+    CUDA, the malloc tuning on the CPU. Returns whether the nets and images go channels_last."""
+    if device_type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    tune_malloc(t.malloc_tuning, device_type)
+    return resolve_channels_last(t.channels_last, device_type, strategy_name)
 
 
 def first_step_or_eager(strategy, step: Callable[[], bool], say: Callable[[str], None]) -> bool:

@@ -51,7 +51,7 @@ from gandist.augment import AugmentPipe
 from gandist.config import Config, ConfigError, to_dict, to_yaml, validate
 from gandist.data import DataError, ShardLoader, StreamSpec, check_dataset, expand_shards, make_loader, to_device_float
 from gandist.ema import ema_beta, make_ema, refresh_batchnorm_stats, update_ema
-from gandist.fastpath import first_step_or_eager, resolve_channels_last, resolve_fused, tune_malloc
+from gandist.fastpath import first_step_or_eager, resolve_fused, set_up_device
 from gandist.images import make_grid, save_grid
 from gandist.losses import get_losses
 from gandist.metrics import Evaluator
@@ -311,12 +311,7 @@ def _train(cfg: Config, strategy: Strategy) -> TrainResult:
     t, world, rank, device = cfg.train, strategy.world_size, strategy.rank, strategy.device
     validate(cfg, world_size=world)
     batch_per_gpu = t.batch // world
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    tune_malloc(t.malloc_tuning, device.type)
-    channels_last = resolve_channels_last(t.channels_last, device.type, strategy.name)
+    channels_last = set_up_device(t, device.type, strategy.name)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     run_dir = _run_dir(cfg, strategy)
 

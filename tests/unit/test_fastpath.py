@@ -12,7 +12,13 @@ import torch
 from torch._dynamo.backends.common import aot_autograd
 
 from gandist.config import ConfigError, OptimizerConfig, StrategyConfig, load_config
-from gandist.fastpath import first_step_or_eager, resolve_channels_last, resolve_fused, tune_malloc
+from gandist.fastpath import (
+    first_step_or_eager,
+    resolve_channels_last,
+    resolve_fused,
+    set_up_device,
+    tune_malloc,
+)
 from gandist.loop import Phases, make_optimizer
 from gandist.losses import get_losses
 from gandist.models import build_models
@@ -187,3 +193,22 @@ def test_malloc_tuning_stops_the_page_faults_of_every_step():
 def test_malloc_tuning_is_left_alone_off_the_cpu_or_when_off():
     assert tune_malloc("auto", "cuda") is False
     assert tune_malloc(False, "cpu") is False
+
+
+@pytest.fixture
+def backend_flags():
+    """Restore cudnn.benchmark and the TF32 switches after a test that sets them."""
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    yield
+    torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_device_set_up_is_the_loops_and_the_benchmarks(backend_flags):
+    t = load_config().train
+    torch.backends.cudnn.benchmark = torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    assert set_up_device(t, "cpu", "single") is False  # channels_last off on the CPU
+    assert not torch.backends.cudnn.benchmark and not torch.backends.cuda.matmul.allow_tf32
+    assert set_up_device(t, "cuda", "ddp") is True  # on for CUDA, with cudnn.benchmark and TF32
+    assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert set_up_device(t, "cuda", "deepspeed") is False
