@@ -22,7 +22,7 @@ that machine noise hits all alike:
 Rates are images per CPU-second of the one process doing the work (the DataLoader worker's CPU
 time is read from /proc), so that other jobs on a shared machine do not distort them; wall-clock
 rates are in the JSON lines too (`*_wall`). Then: loader workers needed to feed each GPU speed of
-shared/DESIGN.md, and for the 70,000 images/s per node goal. Prints one JSON line per measurement
+docs/design.md, and for the 70,000 images/s per node goal. Prints one JSON line per measurement
 and markdown tables.
 """
 
@@ -48,11 +48,15 @@ from PIL import Image  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gandist.data import ShardStream, StreamSpec, iter_shard  # noqa: E402
-from gandist.prepare import FASHION_MNIST_DIR  # noqa: E402
-from gandist.shards import read_idx, resize, write_shards  # noqa: E402
+from gandist.data.images import resize  # noqa: E402
+from gandist.data.prepare import (  # noqa: E402
+    FASHION_MNIST_DIR,  # noqa: E402
+    read_idx,
+)
+from gandist.data.shards import write_shards  # noqa: E402
+from gandist.data.stream import ShardStream, StreamSpec, iter_shard  # noqa: E402
 
-# images/s of the DCGAN on one H100 (shared/DESIGN.md, plain_gan.py): what one GPU's loader must deliver
+# images/s of the DCGAN on one H100 (docs/design.md, plain_gan.py): what one GPU's loader must deliver
 GPU_SPEEDS = {
     64: {
         "fp32 b256": 27_022,

@@ -43,9 +43,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gandist.evaluation import evaluate  # noqa: E402
+from gandist.data.prepare import iter_idx  # noqa: E402
+from gandist.data.shards import write_shards  # noqa: E402
 from gandist.metrics import Evaluator  # noqa: E402
-from gandist.shards import iter_idx, write_shards  # noqa: E402
+from gandist.metrics.evaluate import evaluate  # noqa: E402
 
 CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 
@@ -303,10 +304,13 @@ def plain_run(idx_dir: Path, kimg: float, work: Path, batch: int, every: float =
 
 
 def plain_evaluator(net: Path, test: str, num_fake: int, kid_subsets: int = 100) -> Evaluator:
-    from gandist.config import MetricsConfig
+    from gandist.config import MetricsConfig, StrategyConfig
+    from gandist.metrics.reference import ReferenceSpec
+    from gandist.strategy import Strategy, make_accelerator
 
     cfg = MetricsConfig(feature_net=str(net), reference=test, num_fake=num_fake, kid_subsets=kid_subsets)
-    return Evaluator(cfg, test, 32, 1, torch.device("cpu"), say=log)
+    single = Strategy(make_accelerator(StrategyConfig()), "fp32")
+    return Evaluator(cfg, ReferenceSpec.of(cfg, test, 32, 1), single, say=log)
 
 
 def measure_plain(G_path: Path, net: Path, test: str, num_fake: int, seed: int = 0) -> dict:

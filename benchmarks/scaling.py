@@ -114,14 +114,16 @@ _WORKER = r"""
 import json, sys, time, torch
 torch.set_num_threads(1)
 from gandist.config import load_config
-from gandist.loop import Phases, build_nets, make_optimizer
-from gandist.losses import get_losses
+from gandist.models import build_nets
+from gandist.training.optim import make_optimizer
+from gandist.training.phases import Phases
+from gandist.objectives.losses import get_losses
 from gandist.strategy import Strategy, make_accelerator
-from gandist.tracking import TickStats
+from gandist.reporting.stats import TickStats
 res, batch, steps, warmup, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 cfg = load_config(None, [f"model.resolution={res}", "model.channels=3", "faults.nan_guard=false"])
 s = Strategy(make_accelerator(cfg.strategy), "fp32")
-G, D = build_nets(cfg)
+G, D = build_nets(cfg.model, cfg.train.seed)
 s.add("G", G, make_optimizer(G.parameters(), cfg.G_opt)); s.add("D", D, make_optimizer(D.parameters(), cfg.D_opt))
 ph = Phases(s, *get_losses("nonsaturating"), TickStats(s.device))
 real = torch.rand(batch, 3, res, res) * 2 - 1

@@ -53,7 +53,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# the team's speed reference (shared/bench/plain_gan.py), kept in the repo so the benchmark runs anywhere
+# the speed reference: a hand-written DCGAN loop, the same on every machine
 PLAIN = ROOT / "benchmarks" / "reference" / "plain_gan.py"
 
 
@@ -62,12 +62,15 @@ def synthetic_worker(a: argparse.Namespace) -> None:
     import torch
 
     from gandist.config import load_config
-    from gandist.ema import ema_beta, make_ema, update_ema
-    from gandist.fastpath import first_step_or_eager, set_up_device
-    from gandist.loop import Phases, build_nets, make_optimizer
-    from gandist.losses import get_losses
+    from gandist.models import build_nets
+    from gandist.objectives.losses import get_losses
+    from gandist.reporting.stats import TickStats
     from gandist.strategy import make_strategy
-    from gandist.tracking import TickStats
+    from gandist.training.device import set_up_device
+    from gandist.training.ema import ema_beta, make_ema, update_ema
+    from gandist.training.optim import make_optimizer
+    from gandist.training.phases import Phases
+    from gandist.training.step import first_step_or_eager
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -90,7 +93,7 @@ def synthetic_worker(a: argparse.Namespace) -> None:
     # to true/false), fused Adam for the device
     channels_last = set_up_device(cfg.train, device.type, strategy.name)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    G, D = build_nets(cfg)
+    G, D = build_nets(cfg.model, cfg.train.seed)
     G, D = G.to(device, memory_format=fmt), D.to(device, memory_format=fmt)
     G_ema = make_ema(G)
     strategy.add("G", G, make_optimizer(G.parameters(), cfg.G_opt, device.type))
@@ -164,7 +167,7 @@ def resolve_channels_last(a: argparse.Namespace) -> str:
     import torch
 
     from gandist.config import ConfigError
-    from gandist.fastpath import resolve_channels_last as resolve
+    from gandist.training.device import resolve_channels_last as resolve
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     setting = {"auto": "auto", "on": True, "off": False}[a.channels_last]

@@ -12,7 +12,6 @@ that is the launcher's job (`launch/`).
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -47,6 +46,27 @@ class ModelConfig:
     d_mbstd: int = 0
     """ResNet D only: group size of a minibatch standard deviation layer at 4x4 (StyleGAN's; 4 is usual); 0: none."""
 
+    def validate(self) -> None:
+        """Raise ConfigError for well-typed but impossible values."""
+        res = self.resolution
+        if res not in (32, 64, 128):
+            raise ConfigError(f"key 'model.resolution' must be a power of two among 32, 64, 128, got {res}")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"key 'model.channels' must be 1 or 3, got {self.channels}")
+        for key in ("z_dim", "g_width", "d_width"):
+            _at_least(f"model.{key}", getattr(self, key), 1, "a positive integer")
+        if self.d_mbstd < 0 or (self.d_mbstd > 0 and self.arch != "resnet"):
+            raise ConfigError(
+                f"key 'model.d_mbstd' = {self.d_mbstd}: a group size >= 0, and > 0 only with model.arch=resnet "
+                f"(got arch {self.arch!r}; stylegan2's D always has the layer)"
+            )
+        _at_least("model.num_classes", self.num_classes, 0)
+        if self.num_classes > 0 and self.arch == "dcgan":
+            raise ConfigError(
+                f"key 'model.num_classes' = {self.num_classes} needs a class-conditional architecture: "
+                "set model.arch=resnet or model.arch=stylegan2 (the DCGAN is unconditional)"
+            )
+
 
 @dataclass
 class OptimizerConfig:
@@ -62,6 +82,13 @@ class OptimizerConfig:
     """L2 weight decay."""
     fused: bool | Literal["auto"] = "auto"
     """torch's fused Adam (one kernel for all parameters); auto: on when the nets train on a CUDA GPU."""
+
+    def validate(self, name: str) -> None:
+        """Raise ConfigError for impossible values; `name` is the section's key (G_opt, D_opt)."""
+        if not self.lr > 0:
+            raise ConfigError(f"key '{name}.lr' must be > 0, got {self.lr}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"key '{name}.betas' must lie in [0, 1), got {list(self.betas)}")
 
 
 @dataclass
@@ -80,6 +107,13 @@ class DataConfig:
     """Batches each worker prepares ahead."""
     max_bad_frac: float = 0.01
     """Largest tolerated fraction of skipped samples (undecodable, wrong size, truncated shard) per loader worker."""
+
+    def validate(self) -> None:
+        """Raise ConfigError for impossible values."""
+        _at_least("data.num_workers", self.num_workers, 0)
+        _at_least("data.shuffle_buffer", self.shuffle_buffer, 0)
+        _at_least("data.prefetch_factor", self.prefetch_factor, 1, "positive")
+        _within("data.max_bad_frac", self.max_bad_frac, closed=True)
 
 
 @dataclass
@@ -125,12 +159,12 @@ class TrainConfig:
     grid_size: int = 64
     """Number of images in the fixed-noise sample grid."""
     channels_last: bool | Literal["auto"] = "auto"
-    """channels_last memory format for models and images (up to 2x on recent GPUs with bf16); auto: on for CUDA,
+    """channels_last memory format for models and images (faster convolutions on recent GPUs); auto: on for CUDA,
     off on CPU and under DeepSpeed (ZeRO refuses channels_last weights)."""
     malloc_tuning: bool | Literal["auto"] = "auto"
     """Keep freed CPU memory in the process for reuse (glibc mallopt: mmap threshold 256 MiB, trim threshold 1 GiB)
     instead of returning it to the OS and page-faulting it back at every step; auto: on when the nets train on
-    the CPU with glibc (DCGAN 32 px, batch 64 on the 2-core VM: +21% images/s, peak memory +1%)."""
+    the CPU with glibc (benchmarks/step_speed.py --malloc-tuning off measures the difference)."""
     compile: bool = False
     """torch.compile G's and D's training forwards; if compiling or the first step fails: one warning, then eager."""
     compile_backend: str = "inductor"
@@ -140,14 +174,39 @@ class TrainConfig:
     keep_checkpoints: int = 3
     """Complete checkpoints kept in the run folder (older ones are deleted once a newer one is complete)."""
 
+    def validate(self) -> None:
+        """Raise ConfigError for impossible values."""
+        _at_least("train.batch", self.batch, 1, "positive")
+        _at_least("train.grid_size", self.grid_size, 1, "positive")
+        for key in ("kimg", "tick_kimg", "snapshot_kimg", "r1_interval"):
+            _positive(f"train.{key}", getattr(self, key))
+        for key in (
+            "ema_kimg",
+            "ema_rampup",
+            "checkpoint_kimg",
+            "max_steps",
+            "keep_checkpoints",
+            "gp_weight",
+            "r1_gamma",
+            "lecam_weight",
+            "lr_warmup_kimg",
+        ):
+            _at_least(f"train.{key}", getattr(self, key), 0)
+        _within("train.lecam_decay", self.lecam_decay, closed=False)
+        _within("train.lr_final", self.lr_final, closed=True)
+        if self.compile and not self.compile_backend:
+            raise ConfigError("key 'train.compile_backend' is empty: name a torch.compile backend (inductor)")
+
 
 @dataclass
 class AugmentConfig:
     """Augmentation of every image D sees, real and fake alike (augment.py); empty lists: off."""
 
-    diffaugment: list[str] = field(default_factory=list)
+    diffaugment: list[Literal["color", "translation", "cutout"]] = field(default_factory=list)
     """DiffAugment ops applied to every image: any of color, translation, cutout."""
-    ada: list[str] = field(default_factory=list)
+    ada: list[
+        Literal["xflip", "rotate90", "translate", "scale", "rotate", "brightness", "contrast", "saturation", "cutout"]
+    ] = field(default_factory=list)
     """Adaptive ops, each applied with probability p: xflip, rotate90, translate, scale, rotate, brightness,
     contrast, saturation, cutout."""
     p: float = 0.0
@@ -158,6 +217,13 @@ class AugmentConfig:
     """Thousands of images in which p can move from 0 to 1."""
     interval: int = 4
     """D steps between adjustments of p."""
+
+    def validate(self) -> None:
+        """Raise ConfigError for impossible values (unknown ops are refused by their type)."""
+        _positive("augment.speed_kimg", self.speed_kimg)
+        _positive("augment.interval", self.interval)
+        _within("augment.target", self.target, closed=False)
+        _within("augment.p", self.p, closed=True)
 
 
 @dataclass
@@ -187,6 +253,15 @@ class MetricsConfig:
     stats_cache: str = ""
     """Folder for cached reference statistics; empty: next to the reference shards (gandist-stats/)."""
 
+    def validate(self) -> None:
+        """Raise ConfigError for impossible values."""
+        _at_least("metrics.interval_kimg", self.interval_kimg, 0)
+        _at_least("metrics.num_real", self.num_real, 0)
+        for key in ("real_features", "kid_subsets", "pr_k", "batch"):
+            _positive(f"metrics.{key}", getattr(self, key))
+        _at_least("metrics.num_fake", self.num_fake, 2)
+        _at_least("metrics.kid_subset_size", self.kid_subset_size, 2)
+
 
 @dataclass
 class StrategyConfig:
@@ -211,6 +286,22 @@ class StrategyConfig:
     """DeepSpeed JSON (e.g. launch/deepspeed/zero2.json) to build both engines from, its 'auto' values filled
     from this config; empty: the launch config's deepspeed_config_file, else generated from this config."""
 
+    def validate(self) -> None:
+        """Raise ConfigError for impossible values (the launch environment is checked at start-up)."""
+        _positive("strategy.timeout_s", self.timeout_s)
+        if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"key 'strategy.zero_stage' must be 0, 1, 2 or 3 (or null), got {self.zero_stage}")
+        for key, value in (("zero_stage", self.zero_stage), ("deepspeed_config", self.deepspeed_config or None)):
+            if value is not None and self.name in ("single", "ddp"):
+                raise ConfigError(
+                    f"key 'strategy.{key}' = {value!r} needs strategy.name=deepspeed (or auto under a DeepSpeed "
+                    f"launch), but strategy.name is {self.name!r}"
+                )
+        if self.gradient_accumulation is not None:
+            _at_least("strategy.gradient_accumulation", self.gradient_accumulation, 1, ">= 1 (or null)")
+        if self.grad_clip is not None:
+            _at_least("strategy.grad_clip", self.grad_clip, 0, ">= 0 (0: off; or null)")
+
 
 @dataclass
 class FaultConfig:
@@ -230,6 +321,13 @@ class FaultConfig:
     """Consecutive skipped steps that trigger a rollback to the last complete checkpoint."""
     max_rollbacks: int = 3
     """Rollbacks allowed before the run stops with an error."""
+
+    def validate(self) -> None:
+        """Raise ConfigError for impossible values."""
+        _at_least("faults.stop_after_minutes", self.stop_after_minutes, 0)
+        _at_least("faults.max_rollbacks", self.max_rollbacks, 0)
+        _at_least("faults.check_every", self.check_every, 1)
+        _at_least("faults.max_bad_steps", self.max_bad_steps, 1)
 
 
 @dataclass
@@ -271,6 +369,14 @@ class TrackingConfig:
     log_images: bool = True
     """Send sample grids (and one grid of real images at the start) to the trackers."""
 
+    def validate(self) -> None:
+        """Raise ConfigError for unknown trackers."""
+        unknown = [n for n in self.report_to if n not in ("wandb", "tensorboard", "none")]
+        if unknown:
+            raise ConfigError(
+                f"key 'tracking.report_to' has unknown tracker(s) {unknown}: use wandb, tensorboard or none"
+            )
+
 
 @dataclass
 class Config:
@@ -293,6 +399,38 @@ class Config:
     debug: DebugConfig = field(default_factory=DebugConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def validate(self) -> None:
+        """Raise ConfigError for well-typed but impossible values: each section checks its own keys."""
+        for section in (
+            self.model,
+            self.data,
+            self.train,
+            self.augment,
+            self.metrics,
+            self.strategy,
+            self.faults,
+            self.tracking,
+        ):
+            section.validate()
+        self.G_opt.validate("G_opt")
+        self.D_opt.validate("D_opt")
+
+
+def _at_least(key: str, value: float, low: float, words: str = "") -> None:
+    if not value >= low:
+        raise ConfigError(f"key '{key}' must be {words or f'>= {low}'}, got {value}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"key '{key}' must be > 0, got {value}")
+
+
+def _within(key: str, value: float, closed: bool) -> None:
+    """value in [0, 1] (closed) or [0, 1)."""
+    if not (0 <= value <= 1 if closed else 0 <= value < 1):
+        raise ConfigError(f"key '{key}' must lie in [0, 1{']' if closed else ')'}, got {value}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,7 +464,7 @@ def _check_value(key: str, value: Any, hint: Any, source: str) -> Any:
         return tuple(_check_value(f"{key}[{i}]", v, a, source) for i, (v, a) in enumerate(zip(value, args)))
     if origin is list:
         (arg,) = typing.get_args(hint)
-        if isinstance(value, str) and arg is str:  # a=x,y on the command line
+        if isinstance(value, str) and (arg is str or typing.get_origin(arg) is Literal):  # a=x,y on the command line
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise bad
@@ -427,16 +565,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Build the config from defaults, an optional YAML file and dotted overrides; validate it."""
     cfg = Config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
-        _merge(cfg, data, f"config file {str(path)!r}")
+        apply_file(cfg, path)
     apply_overrides(cfg, overrides)
-    validate(cfg)
+    cfg.validate()
+    return cfg
+
+
+def apply_file(cfg: Config, path: str | Path) -> Config:
+    """Apply the values of a YAML config file to a config in place (no validation); returns it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+    _merge(cfg, data, f"config file {str(path)!r}")
     return cfg
 
 
@@ -448,146 +592,6 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
             value = text.split("=", 1)[1]
         _merge(cfg, _nest(key, value), f"override {text!r}")
     return cfg
-
-
-def validate(cfg: Config, world_size: int | None = None) -> None:
-    """Raise ConfigError for values that are well-typed but impossible."""
-    m, t, d = cfg.model, cfg.train, cfg.data
-    res = m.resolution
-    if res not in (32, 64, 128) or 2 ** int(math.log2(res)) != res:
-        raise ConfigError(f"key 'model.resolution' must be a power of two among 32, 64, 128, got {res}")
-    if m.channels not in (1, 3):
-        raise ConfigError(f"key 'model.channels' must be 1 or 3, got {m.channels}")
-    for key, value in (("model.z_dim", m.z_dim), ("model.g_width", m.g_width), ("model.d_width", m.d_width)):
-        if value < 1:
-            raise ConfigError(f"key '{key}' must be a positive integer, got {value}")
-    if m.d_mbstd < 0 or (m.d_mbstd > 0 and m.arch != "resnet"):
-        raise ConfigError(
-            f"key 'model.d_mbstd' = {m.d_mbstd}: a group size >= 0, and > 0 only with model.arch=resnet "
-            f"(got arch {m.arch!r}; stylegan2's D always has the layer)"
-        )
-    if t.batch < 1:
-        raise ConfigError(f"key 'train.batch' must be positive, got {t.batch}")
-    if world_size is not None and t.batch % world_size:
-        raise ConfigError(
-            f"key 'train.batch' = {t.batch} is not divisible by the {world_size} processes of this launch: "
-            f"use a multiple of {world_size}"
-        )
-    positive = {"train.kimg": t.kimg, "train.tick_kimg": t.tick_kimg, "train.snapshot_kimg": t.snapshot_kimg}
-    for key, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"key '{key}' must be > 0, got {value}")
-    non_negative = {
-        "train.ema_kimg": t.ema_kimg,
-        "train.ema_rampup": t.ema_rampup,
-        "train.checkpoint_kimg": t.checkpoint_kimg,
-        "train.max_steps": t.max_steps,
-        "train.keep_checkpoints": t.keep_checkpoints,
-        "faults.stop_after_minutes": cfg.faults.stop_after_minutes,
-        "faults.max_rollbacks": cfg.faults.max_rollbacks,
-        "data.num_workers": d.num_workers,
-        "data.shuffle_buffer": d.shuffle_buffer,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(f"key '{key}' must be >= 0, got {value}")
-    if t.grid_size < 1:
-        raise ConfigError(f"key 'train.grid_size' must be positive, got {t.grid_size}")
-    if t.compile and not t.compile_backend:
-        raise ConfigError("key 'train.compile_backend' is empty: name a torch.compile backend (inductor)")
-    if not 0 <= d.max_bad_frac <= 1:
-        raise ConfigError(f"key 'data.max_bad_frac' must lie in [0, 1], got {d.max_bad_frac}")
-    if d.prefetch_factor < 1:
-        raise ConfigError(f"key 'data.prefetch_factor' must be positive, got {d.prefetch_factor}")
-    for name in ("G_opt", "D_opt"):
-        o: OptimizerConfig = getattr(cfg, name)
-        if not o.lr > 0:
-            raise ConfigError(f"key '{name}.lr' must be > 0, got {o.lr}")
-        if not all(0 <= b < 1 for b in o.betas):
-            raise ConfigError(f"key '{name}.betas' must lie in [0, 1), got {list(o.betas)}")
-    for key, value in (
-        ("faults.check_every", cfg.faults.check_every),
-        ("faults.max_bad_steps", cfg.faults.max_bad_steps),
-    ):
-        if value < 1:
-            raise ConfigError(f"key '{key}' must be >= 1, got {value}")
-    unknown = [n for n in cfg.tracking.report_to if n not in ("wandb", "tensorboard", "none")]
-    if unknown:
-        raise ConfigError(f"key 'tracking.report_to' has unknown tracker(s) {unknown}: use wandb, tensorboard or none")
-    if cfg.strategy.timeout_s < 1:
-        raise ConfigError(f"key 'strategy.timeout_s' must be positive, got {cfg.strategy.timeout_s}")
-    validate_strategy(cfg.strategy)
-    _validate_quality(cfg)
-
-
-def validate_strategy(s: StrategyConfig) -> None:
-    """Raise ConfigError for impossible strategy values (the launch environment is checked at start-up)."""
-    if s.zero_stage is not None and s.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"key 'strategy.zero_stage' must be 0, 1, 2 or 3 (or null), got {s.zero_stage}")
-    if s.zero_stage is not None and s.name in ("single", "ddp"):
-        raise ConfigError(
-            f"key 'strategy.zero_stage' = {s.zero_stage} needs strategy.name=deepspeed (or auto under a DeepSpeed "
-            f"launch), but strategy.name is {s.name!r}"
-        )
-    if s.deepspeed_config and s.name in ("single", "ddp"):
-        raise ConfigError(
-            f"key 'strategy.deepspeed_config' = {s.deepspeed_config!r} needs strategy.name=deepspeed, "
-            f"but strategy.name is {s.name!r}"
-        )
-    if s.gradient_accumulation is not None and s.gradient_accumulation < 1:
-        raise ConfigError(f"key 'strategy.gradient_accumulation' must be >= 1 (or null), got {s.gradient_accumulation}")
-    if s.grad_clip is not None and not s.grad_clip >= 0:
-        raise ConfigError(f"key 'strategy.grad_clip' must be >= 0 (0: off; or null), got {s.grad_clip}")
-
-
-def _validate_quality(cfg: Config) -> None:
-    """Conditioning, regularisers, schedules, augmentation and metrics."""
-    from gandist.augment import ADA_OPS, DIFFAUGMENT_OPS
-
-    m, t, a, q = cfg.model, cfg.train, cfg.augment, cfg.metrics
-    if m.num_classes < 0:
-        raise ConfigError(f"key 'model.num_classes' must be >= 0, got {m.num_classes}")
-    if m.num_classes > 0 and m.arch == "dcgan":
-        raise ConfigError(
-            f"key 'model.num_classes' = {m.num_classes} needs a class-conditional architecture: "
-            "set model.arch=resnet or model.arch=stylegan2 (the DCGAN is unconditional)"
-        )
-    non_negative = {
-        "train.gp_weight": t.gp_weight,
-        "train.r1_gamma": t.r1_gamma,
-        "train.lecam_weight": t.lecam_weight,
-        "train.lr_warmup_kimg": t.lr_warmup_kimg,
-        "metrics.interval_kimg": q.interval_kimg,
-        "metrics.num_real": q.num_real,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(f"key '{key}' must be >= 0, got {value}")
-    positive = {
-        "train.r1_interval": t.r1_interval,
-        "augment.speed_kimg": a.speed_kimg,
-        "augment.interval": a.interval,
-        "metrics.real_features": q.real_features,
-        "metrics.kid_subsets": q.kid_subsets,
-        "metrics.pr_k": q.pr_k,
-        "metrics.batch": q.batch,
-    }
-    for key, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"key '{key}' must be > 0, got {value}")
-    for key, value in (("metrics.num_fake", q.num_fake), ("metrics.kid_subset_size", q.kid_subset_size)):
-        if value < 2:
-            raise ConfigError(f"key '{key}' must be >= 2, got {value}")
-    for key, value in (("train.lecam_decay", t.lecam_decay), ("augment.target", a.target)):
-        if not 0 <= value < 1:
-            raise ConfigError(f"key '{key}' must lie in [0, 1), got {value}")
-    for key, value in (("train.lr_final", t.lr_final), ("augment.p", a.p)):
-        if not 0 <= value <= 1:
-            raise ConfigError(f"key '{key}' must lie in [0, 1], got {value}")
-    for key, ops, known in (("augment.diffaugment", a.diffaugment, DIFFAUGMENT_OPS), ("augment.ada", a.ada, ADA_OPS)):
-        unknown = [op for op in ops if op not in known]
-        if unknown:
-            raise ConfigError(f"key '{key}' has unknown op(s) {unknown}: use any of {', '.join(known)}")
 
 
 def to_dict(cfg: Config) -> dict:
@@ -612,5 +616,5 @@ def from_dict(data: dict, source: str = "saved config") -> Config:
     """Rebuild a Config from `to_dict` output (e.g. a run folder's config.yaml)."""
     cfg = Config()
     _merge(cfg, data, source)
-    validate(cfg)
+    cfg.validate()
     return cfg

@@ -3,7 +3,7 @@
 #
 #   trap the warning signal (first thing: SLURM may send it at any time)
 #   settings from variables (environment or sbatch --export) with the defaults below
-#   check them and the run's config/data (gandist.preflight) before anything is launched
+#   check them and the run's config/data (gandist preflight) before anything is launched
 #   srun: one `accelerate launch` per node, c10d rendezvous at the head node, port from the job id
 #   on the warning signal: touch <run_dir>/STOP; every rank stops at the same step and checkpoints
 #   the trainer left <run_dir>/REQUEUE: `scontrol requeue` (same job id, same run name: it resumes)
@@ -94,7 +94,7 @@ TRAIN_ARGS+=("${@//\{task\}/${SLURM_ARRAY_TASK_ID:-0}}")
 [[ -n $DATA ]] && TRAIN_ARGS+=("data.shards=$DATA")
 TRAIN_ARGS+=("output_dir=$OUTPUT_DIR" "run_name=$RUN_NAME")
 WORLD_SIZE=$((NODES * PROCS_PER_NODE))
-python3 -m gandist.preflight --world-size "$WORLD_SIZE" "${TRAIN_ARGS[@]}" ||
+python3 -m gandist preflight --world-size "$WORLD_SIZE" "${TRAIN_ARGS[@]}" ||
     gandist_die "the run's config or data is wrong (above)${DATA:+; DATA=$DATA}${CONFIG:+; CONFIG=$CONFIG}"
 
 # --- 4. launch: one accelerate launch per node ----------------------------------------------------

@@ -61,7 +61,7 @@ def run(
 @pytest.fixture
 def tiny_shards(tmp_path: Path) -> str:
     """Four shards of 32 px grey images with labels (random blobs), as a brace pattern."""
-    from gandist.shards import write_shards
+    from gandist.data.shards import write_shards
 
     rng = np.random.default_rng(0)
     samples = [((rng.random((32, 32)) * 255).astype(np.uint8), i % 10) for i in range(96)]

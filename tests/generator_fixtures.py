@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gandist.checkpoint import latest_checkpoint
 from gandist.config import Config
-from gandist.sampling import TrainedGenerator
+from gandist.generator.load import TrainedGenerator
+from gandist.training.checkpoint import latest_checkpoint
 from tests.conftest import run, train_cmd
 
 

@@ -2,7 +2,7 @@
 # The GPU checks of issues 4 (DeepSpeed) and 10 (speed) in one prepared run, for the `device` tool's
 # machine (one GPU, no network, no wandb): about 8 minutes. From the project root here:
 #
-#   bash ../shared/device/build_wheels.sh        # once: deepspeed + webdataset wheels into .whl/
+#   (once, on this machine: build deepspeed + webdataset wheels into .whl/, which the run carries along)
 #   then run on the device:  bash tools/gpu_check.sh        (results under $OUT, default /tmp/gpu_check)
 #
 # It installs the wheels, runs tests/gpu, then benchmarks/step_speed.py at the issues' settings

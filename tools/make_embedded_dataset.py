@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gandist.prepare import FASHION_MNIST_CLASSES, EncodeOptions, IdxSource, idx_files, prepare
+from gandist.data.prepare import FASHION_MNIST_CLASSES, EncodeOptions, IdxSource, idx_files, prepare
 
 
 def main() -> None:

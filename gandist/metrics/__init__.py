@@ -6,6 +6,7 @@ precision_recall.py  k-NN manifold precision and recall
 features.py          Inception-v3 (FID protocol) or any TorchScript / state-dict network
 reference.py         reference statistics of a dataset, cached next to its shards
 evaluator.py         Evaluator: generate on every rank, embed, gather, rank 0 reports
+evaluate.py          `gandist evaluate`: the metrics of a checkpoint's generator
 """
 
 from gandist.metrics.evaluator import Evaluator

@@ -18,10 +18,9 @@ from torch import nn
 
 from gandist.metrics.features import FeatureNet, load_feature_net
 from gandist.metrics.frechet import feature_stats, frechet_distance
-from gandist.metrics.gather import all_gather_rows, broadcast_object
 from gandist.metrics.kid import kernel_distance
 from gandist.metrics.precision_recall import precision_recall
-from gandist.metrics.reference import load_reference
+from gandist.metrics.reference import ReferenceSpec, load_reference
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
@@ -32,47 +31,22 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
 class Evaluator:
     """Computes metrics of generators against one reference set; the reference is embedded on first use.
 
-    `cfg` is the `metrics` config section (feature_net, num_fake, num_real, real_features,
-    kid_subsets, kid_subset_size, pr_k, batch, stats_cache). Calls are collective: every rank must
-    make them.
+    `cfg` is the `metrics` config section (feature_net, num_fake, kid_subsets, kid_subset_size, pr_k,
+    batch); `strategy` gives the device, rank, world size and collectives. Calls are collective: every
+    rank must make them.
     """
 
-    def __init__(
-        self,
-        cfg: Any,
-        reference_shards: str,
-        resolution: int,
-        channels: int,
-        device: torch.device,
-        rank: int = 0,
-        world: int = 1,
-        say: Callable[[str], None] = print,
-    ):
-        self.cfg, self.reference_shards = cfg, reference_shards
-        self.resolution, self.channels, self.device = resolution, channels, device
-        self.rank, self.world, self.say = rank, world, say
-        self.net: FeatureNet = load_feature_net(cfg.feature_net, device)
+    def __init__(self, cfg: Any, reference: ReferenceSpec, strategy, say: Callable[[str], None] = print):
+        self.cfg, self.spec, self.strategy, self.say = cfg, reference, strategy, say
+        self.device, self.rank, self.world = strategy.device, strategy.rank, strategy.world_size
+        self.net: FeatureNet = load_feature_net(cfg.feature_net, self.device)
         self._reference: dict | None = None
         self._loaded = False
 
     def reference(self) -> dict | None:
         """Reference statistics (rank 0; None on other ranks), loaded or computed once (collective)."""
         if not self._loaded:
-            c = self.cfg
-            self._reference = load_reference(
-                self.net,
-                self.reference_shards,
-                self.resolution,
-                self.channels,
-                self.device,
-                batch=c.batch,
-                limit=c.num_real,
-                keep_features=c.real_features,
-                cache_dir=c.stats_cache,
-                rank=self.rank,
-                world=self.world,
-                say=self.say,
-            )
+            self._reference = load_reference(self.net, self.spec, self.device, self.strategy, self.say)
             self._loaded = True
         return self._reference
 
@@ -90,7 +64,7 @@ class Evaluator:
         for z, c in zip(all_z[mine].split(self.cfg.batch), all_c[mine].split(self.cfg.batch)):
             images = G(z.to(self.device), c.to(self.device) if num_classes else None)
             local.append(self.net(quantize(images)))
-        return all_gather_rows(torch.cat(local))[: self.cfg.num_fake]
+        return self.strategy.all_gather_rows(torch.cat(local))[: self.cfg.num_fake]
 
     def __call__(self, G: nn.Module, z_dim: int, num_classes: int = 0, seed: int = 0) -> dict[str, float]:
         """{metrics/fid_<net>, metrics/kid_<net>, metrics/precision_<net>, metrics/recall_<net>, metrics/seconds}."""
@@ -117,4 +91,4 @@ class Evaluator:
                 f"metrics/recall_{name}": recall,
                 "metrics/seconds": round(time.perf_counter() - start, 3),
             }
-        return broadcast_object(results)
+        return self.strategy.broadcast_object(results)

@@ -76,7 +76,7 @@ class FeatureNet:
 
 
 def _load_torchscript(path: Path) -> nn.Module:
-    with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.13, but NVlabs' Inception is one
+    with warnings.catch_warnings():  # TorchScript is deprecated, but NVlabs' Inception is one
         warnings.simplefilter("ignore", DeprecationWarning)
         return torch.jit.load(str(path), map_location="cpu")
 

@@ -8,8 +8,8 @@ the resolution, the channels and the number of images, so a changed dataset or n
 served stale statistics. The file holds the mean and covariance of all embedded images and the
 features of a fixed random subset of them (for KID and precision/recall).
 
-Distributed: sample i (in shard order) is embedded by rank i % world; features are gathered;
-rank 0 writes the cache.
+Distributed: sample i (in shard order) is embedded by rank i % world; features are gathered through
+the strategy's collectives; rank 0 writes the cache.
 """
 
 from __future__ import annotations
@@ -18,17 +18,45 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import webdataset as wds
 
-from gandist.data import EMBEDDED_DIR, decode_image, expand_shards, to_device_float
+from gandist.data.specs import EMBEDDED_DIR, expand_shards
+from gandist.data.stream import decode_image, to_device_float
+from gandist.files import atomic_write
 from gandist.metrics.features import FeatureNet
 from gandist.metrics.frechet import feature_stats
-from gandist.metrics.gather import all_gather_rows, barrier, broadcast_object
 
 USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gandist" / "stats"
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """Which reference images, prepared how, and how many of their features are kept."""
+
+    shards: str
+    """Shard spec of the reference images (metrics.reference, else data.shards; empty: the embedded sample)."""
+    resolution: int
+    channels: int
+    batch: int = 256
+    """Images per forward of the feature network."""
+    limit: int = 0
+    """Embed only the first N images in shard order (0: all)."""
+    keep_features: int = 10_000
+    """Features of a fixed random subset kept for KID and precision/recall."""
+    cache_dir: str = ""
+    """Folder for the cached statistics; empty: next to the shards (or the user cache)."""
+
+    @classmethod
+    def of(cls, metrics: Any, shards: str, resolution: int, channels: int) -> ReferenceSpec:
+        """The spec a `metrics` config section describes for these shards."""
+        return cls(
+            shards, resolution, channels, metrics.batch, metrics.num_real, metrics.real_features, metrics.stats_cache
+        )
 
 
 def iter_images(
@@ -81,65 +109,43 @@ def cache_path(urls: list[str], net: FeatureNet, resolution: int, channels: int,
     return folder / name
 
 
-def compute_reference(
-    net: FeatureNet,
-    urls: list[str],
-    resolution: int,
-    channels: int,
-    device: torch.device,
-    batch: int = 256,
-    limit: int = 0,
-    keep_features: int = 10_000,
-    rank: int = 0,
-    world: int = 1,
-) -> dict:
+def compute_reference(net: FeatureNet, spec: ReferenceSpec, urls: list[str], device: torch.device, strategy) -> dict:
     """Embed the reference images (every rank its share) and return their statistics (on every rank)."""
-    local = [
-        net(to_device_float(images, device, torch.contiguous_format))
-        for images in iter_images(urls, channels, resolution, batch, rank, world, limit)
-    ]
+    rank, world = strategy.rank, strategy.world_size
+    images = iter_images(urls, spec.channels, spec.resolution, spec.batch, rank, world, spec.limit)
+    local = [net(to_device_float(batch, device, torch.contiguous_format)) for batch in images]
     if not local:  # a rank with no share still needs the feature width for the gather
-        local = [net(torch.zeros(1, channels, resolution, resolution, device=device))[:0]]
+        local = [net(torch.zeros(1, spec.channels, spec.resolution, spec.resolution, device=device))[:0]]
     mine = torch.cat(local)
     # back to shard order (rank r holds samples r, r + world, ...): the same result for any world size
     index = torch.arange(mine.shape[0], device=mine.device, dtype=torch.float64)[:, None] * world + rank
-    gathered = all_gather_rows(torch.cat([index, mine.double()], dim=1)).cpu()
+    gathered = strategy.all_gather_rows(torch.cat([index, mine.double()], dim=1)).cpu()
     features = gathered[gathered[:, 0].argsort(), 1:].float()
     if features.shape[0] < 2:
         raise ValueError(f"reference shards {urls[0]}... hold {features.shape[0]} image(s): need at least 2")
     mu, sigma = feature_stats(features)
-    subset = torch.randperm(features.shape[0], generator=torch.Generator().manual_seed(0))[:keep_features]
+    subset = torch.randperm(features.shape[0], generator=torch.Generator().manual_seed(0))[: spec.keep_features]
     return {"mu": mu, "sigma": sigma, "features": features[subset.sort().values].clone(), "count": features.shape[0]}
 
 
 def load_reference(
-    net: FeatureNet,
-    shards: str,
-    resolution: int,
-    channels: int,
-    device: torch.device,
-    batch: int = 256,
-    limit: int = 0,
-    keep_features: int = 10_000,
-    cache_dir: str = "",
-    rank: int = 0,
-    world: int = 1,
-    say: Callable[[str], None] = print,
+    net: FeatureNet, spec: ReferenceSpec, device: torch.device, strategy, say: Callable[[str], None] = print
 ) -> dict | None:
-    """The reference statistics on rank 0 (None elsewhere), from the cache or computed and cached (collective)."""
-    urls = expand_shards(shards)
-    path = cache_path(urls, net, resolution, channels, limit, cache_dir)
-    cached = broadcast_object(path.is_file() if rank == 0 else None)
-    if cached:
-        return torch.load(path, map_location="cpu", weights_only=True) if rank == 0 else None
-    if rank == 0:
-        say(f"gandist: computing reference statistics of {shards or 'the embedded sample'} in the {net.name} space")
-    stats = compute_reference(net, urls, resolution, channels, device, batch, limit, keep_features, rank, world)
-    if rank == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        torch.save(stats, tmp)
-        os.replace(tmp, path)
+    """The reference statistics on rank 0 (None elsewhere), from the cache or computed and cached (collective).
+
+    `strategy` gives rank, world_size and the collectives (gandist.strategy.Strategy).
+    """
+    urls = expand_shards(spec.shards)
+    path = cache_path(urls, net, spec.resolution, spec.channels, spec.limit, spec.cache_dir)
+    main = strategy.rank == 0
+    if strategy.broadcast_object(path.is_file() if main else None):
+        return torch.load(path, map_location="cpu", weights_only=True) if main else None
+    if main:
+        shards = spec.shards or "the embedded sample"
+        say(f"gandist: computing reference statistics of {shards} in the {net.name} space")
+    stats = compute_reference(net, spec, urls, device, strategy)
+    if main:
+        atomic_write(path, lambda tmp: torch.save(stats, tmp))
         say(f"gandist: reference statistics of {stats['count']} images cached in {path}")
-    barrier()
-    return stats if rank == 0 else None
+    strategy.barrier()
+    return stats if main else None

@@ -4,7 +4,7 @@ G maps z (a `z_dim` vector, shaped N x z_dim x 1 x 1 or N x z_dim) through 4x4 t
 convolutions with BatchNorm + ReLU to a Tanh image in [-1, 1]; D mirrors it with strided
 convolutions, BatchNorm (not on the first layer) and LeakyReLU(0.2), ending in one logit per
 image. With width 64 and 3 channels the layers, and so the parameter counts, are exactly those
-of the speed reference `shared/bench/plain_gan.py`:
+of the speed reference `benchmarks/reference/plain_gan.py`:
 
     resolution   G (3 ch)     D (3 ch)     G (1 ch)     D (1 ch)
     32            1,068,928      663,296    1,066,880      661,248

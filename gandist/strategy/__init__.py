@@ -5,7 +5,8 @@ The training loop never touches DDP wrappers, engines, scalers or optimizers dir
     strategy.train_forward("G")             the callable that trains G (DDP wrapper or DeepSpeed engine)
     strategy.frozen("D")                    D's raw module, requires_grad off, for the G phase
     strategy.autocast()                     forward passes at the run's precision
-    strategy.backward_and_step("D", loss)   backward one micro-batch; step after the last one of a step
+    strategy.backward("D", loss)            backward one micro-batch of the open optimizer step of D
+    strategy.step("D")                      close it after the last micro-batch: clip, step, clear
     strategy.gathered("G")                  the module with full parameters (G_ema, sampling, digests)
     strategy.checkpoint_state()             full weights (+ optimizer states where not sharded) for state.pt
     strategy.save_engine_states(folder)     sharded states, every rank (DeepSpeed: ds_G/, ds_D/)

@@ -5,13 +5,15 @@ The training loop never touches DDP wrappers, scalers or optimizers directly. It
     strategy.train_forward("G")      the callable that trains G (DDP wrapper: gradients are all-reduced;
                                      compiled with train.compile, see compile())
     strategy.frozen("D")             D's raw module with requires_grad off, for the G phase
-    strategy.backward_and_step("D", loss)   backward one micro-batch; step after the last one of a step
+    strategy.backward("D", loss)     backward one micro-batch of the open optimizer step of D
+    strategy.step("D")               close it: clip, step the optimizer, clear the gradients
     strategy.gathered("G")           the module with full parameters (for G_ema, sampling, digests)
     strategy.checkpoint_state() / save_engine_states(folder) / load_state(folder, shared)
+    strategy.reduce_mean / reduce_max / all_ok / broadcast_object / gather_objects / all_gather_rows / barrier
 
 Precision is torch autocast with fp32 master weights and one GradScaler per net for fp16, so the
-same numerics hold for every strategy (DeepSpeed's half-precision cast breaks BatchNorm nets, see
-shared/DESIGN.md). Models stay plain single-device modules; distribution is applied here.
+same numerics hold for every strategy (DeepSpeed's half-precision cast breaks BatchNorm nets: see
+docs/design.md). Models stay plain single-device modules; distribution is applied here.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import gc
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -65,11 +68,6 @@ def make_accelerator(cfg: StrategyConfig) -> Accelerator:
             f"WORLD_SIZE={env_world} in the environment but the process group has {accelerator.num_processes} "
             "process(es): the launcher and accelerate disagree (see launch/README.md for working launch commands)"
         )
-    if cfg.name == "single" and accelerator.num_processes > 1:
-        raise ConfigError(
-            f"key 'strategy.name' = 'single' but {accelerator.num_processes} processes were launched: "
-            "use strategy.name=ddp (or auto), or launch one process"
-        )
     return accelerator
 
 
@@ -93,8 +91,8 @@ class _Net:
     wrapped: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    micro_steps: int = 0
-    bad_loss: torch.Tensor | None = None  # a non-finite loss among this step's micro-batches (guard)
+    micro_steps: int = 0  # micro-batches fed to the open optimizer step
+    losses: list[torch.Tensor] = field(default_factory=list)  # their detached losses (the non-finite guard)
     compiled: nn.Module | None = None  # torch.compile of `wrapped` (train.compile)
     compiled_module: nn.Module | None = None  # torch.compile of `module`, for frozen()
 
@@ -102,8 +100,9 @@ class _Net:
 class Strategy:
     """Single process or DDP through Accelerate, with per-net autocast scalers.
 
-    `accumulation` micro-batches make one optimizer step (each backward adds loss / accumulation);
-    `grad_clip` > 0 clips each net's gradient norm before its step.
+    An optimizer step of a net is explicit: a phase feeds its `accumulation` micro-batches through
+    backward() (each adds loss / accumulation to the gradients) and closes the step with step();
+    `grad_clip` > 0 clips each net's gradient norm there.
     """
 
     name = "ddp"
@@ -186,7 +185,8 @@ class Strategy:
         """Drop the compiled forwards and whatever a failed compiled step left behind (gradients, guard flags)."""
         for net in self.nets.values():
             net.compiled = net.compiled_module = None
-            net.micro_steps, net.bad_loss = 0, None
+            net.micro_steps = 0
+            net.losses.clear()
             net.optimizer.zero_grad(set_to_none=True)
 
     @contextlib.contextmanager
@@ -207,25 +207,45 @@ class Strategy:
         """Autocast context for forward passes at the run's precision."""
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
 
-    def backward_and_step(self, name: str, loss: torch.Tensor, guard: bool = False) -> dict[str, torch.Tensor]:
-        """Backward one micro-batch's loss into this net's gradients; after the last micro-batch of a step,
-        clip, step its optimizer and clear the gradients.
-
-        Returns device tensors on the micro-batch that stepped, else {}: the gradient norm (unscaled,
-        before clipping) and, under fp16, whether the scaler skipped the step (inf/NaN gradients). With
-        `guard`, a loss or gradient that is not finite on ANY rank makes every rank skip the step
-        ("nonfinite" is then 1, a host tensor: reading it costs nothing more); this costs one small all-reduce and
-        one host sync. Nothing else here waits for the device.
-        """
-        net = self.nets[name]
-        net.micro_steps += 1
-        if guard:
-            bad = ~torch.isfinite(loss.detach().float())
-            net.bad_loss = bad if net.bad_loss is None else net.bad_loss | bad
+    def backward(self, name: str, loss: torch.Tensor) -> None:
+        """Backward one micro-batch's loss into the open optimizer step of this net (loss / accumulation)."""
+        net = self._feed(name, loss)
         # DDP all-reduces at every micro-batch here: the same sum as accumulating locally, with simpler code.
         net.scaler.scale(loss / self.accumulation).backward()
-        if net.micro_steps % self.accumulation:
-            return {}
+
+    def _feed(self, name: str, loss: torch.Tensor) -> _Net:
+        net = self.nets[name]
+        if net.micro_steps == self.accumulation:
+            raise RuntimeError(f"{name}: more than {self.accumulation} micro-batches fed to one optimizer step")
+        net.micro_steps += 1
+        net.losses.append(loss.detach())
+        return net
+
+    def _close(self, name: str) -> _Net:
+        net = self.nets[name]
+        if net.micro_steps != self.accumulation:
+            raise RuntimeError(
+                f"{name}: an optimizer step needs {self.accumulation} micro-batches "
+                f"(strategy.gradient_accumulation), got {net.micro_steps}"
+            )
+        net.micro_steps = 0
+        return net
+
+    def _nonfinite(self, net: _Net, bad_gradient: torch.Tensor | bool) -> torch.Tensor:
+        """1 on every rank if a loss of this step was not finite, or `bad_gradient`, on any rank (a host tensor:
+        the guard's one all-reduce and host sync)."""
+        bad = ~torch.isfinite(torch.stack(net.losses).float()).all() | torch.as_tensor(bad_gradient, device=self.device)
+        return self.reduce_max(bad.float().reshape(1))[0].cpu()
+
+    def step(self, name: str, guard: bool = False) -> dict[str, torch.Tensor]:
+        """Close the open optimizer step of this net after all its micro-batches: unscale, clip, step, clear.
+
+        Returns device tensors: the gradient norm (unscaled, before clipping) and, under fp16, whether the
+        scaler skipped the step (inf/NaN gradients). With `guard`, a loss or gradient that is not finite on
+        ANY rank makes every rank skip the step ("nonfinite" is then 1, a host tensor: reading it costs nothing
+        more); this costs one small all-reduce and one host sync. Nothing else here waits for the device.
+        """
+        net = self._close(name)
         net.scaler.unscale_(net.optimizer)
         params = [p for p in net.module.parameters() if p.grad is not None]
         norm = (
@@ -233,15 +253,14 @@ class Strategy:
         )
         out = {"grad_norm": norm}
         if guard:
-            bad = (net.bad_loss | ~torch.isfinite(norm)).float().reshape(1)
-            net.bad_loss = None
-            out["nonfinite"] = self.reduce_max(bad)[0].cpu()  # the guard's one host sync
-            if out["nonfinite"].item() > 0:
-                if net.scaler.is_enabled():  # let the scaler see the overflow and lower its scale
-                    net.scaler.step(net.optimizer)
-                    net.scaler.update()
-                net.optimizer.zero_grad(set_to_none=True)
-                return out
+            out["nonfinite"] = self._nonfinite(net, ~torch.isfinite(norm))
+        net.losses.clear()
+        if guard and out["nonfinite"].item() > 0:
+            if net.scaler.is_enabled():  # let the scaler see the overflow and lower its scale
+                net.scaler.step(net.optimizer)
+                net.scaler.update()
+            net.optimizer.zero_grad(set_to_none=True)
+            return out
         if self.grad_clip > 0 and params:
             torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
         scale_before = net.scaler._scale.clone() if net.scaler.is_enabled() else None
@@ -302,6 +321,36 @@ class Strategy:
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
         return tensor
 
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank `src`'s (picklable) object on every rank (a collective)."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def gather_objects(self, obj: Any) -> list:
+        """Every rank's (picklable) object, in rank order, on every rank (a collective)."""
+        if self.world_size == 1:
+            return [obj]
+        out: list = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def all_gather_rows(self, local: torch.Tensor) -> torch.Tensor:
+        """Every rank's N_r x D tensor concatenated in rank order, on every rank; N_r may differ (a collective)."""
+        if self.world_size == 1:
+            return local
+        count = torch.tensor([local.shape[0]], device=local.device)
+        counts = [torch.zeros_like(count) for _ in range(self.world_size)]
+        torch.distributed.all_gather(counts, count)
+        counts = [int(c) for c in counts]
+        padded = local.new_zeros((max(counts), *local.shape[1:]))
+        padded[: local.shape[0]] = local
+        parts = [torch.zeros_like(padded) for _ in counts]
+        torch.distributed.all_gather(parts, padded.contiguous())
+        return torch.cat([part[:n] for part, n in zip(parts, counts)])
+
     def all_ok(self, ok: bool) -> bool:
         """True on every rank iff `ok` is True on every rank (a collective)."""
         flag = torch.tensor([0.0 if ok else 1.0], device=self.device)
@@ -325,7 +374,7 @@ class Strategy:
         """Tear down the process group: a clean exit avoids gloo's abort at interpreter shutdown."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # On a clean exit all ranks tear down together: a rank that left while rank 0 still wrote its
-            # summary closed gloo connections under it (an abort at exit in 1 of 3 two-node DeepSpeed runs).
+            # summary closed gloo connections under it (an abort at exit, seen in two-node DeepSpeed runs).
             # Not while an exception propagates (close() runs in a finally): the other ranks may never come.
             if sys.exc_info()[0] is None:
                 torch.distributed.barrier()
@@ -337,7 +386,7 @@ class Strategy:
 
         Left to interpreter shutdown, a wrapper freed after the group was destroyed aborted the process
         now and then ("terminate called without an active exception", exit -6) once training had
-        finished: 1 in 4 two-process gloo runs under load.
+        finished.
         """
         for net in self.nets.values():
             net.wrapped = net.module

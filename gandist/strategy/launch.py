@@ -7,7 +7,7 @@ Two ways select DeepSpeed, with the same result:
 
 An accelerate DeepSpeed launch starts the processes with ACCELERATE_USE_DEEPSPEED=true and the yaml's
 `deepspeed_config` as ACCELERATE_* variables. gandist builds its own two engines (accelerate's multi-model
-DeepSpeed path does not fit a GAN: shared/DESIGN.md), so it reads those variables here. A value given in
+DeepSpeed path does not fit a GAN: docs/design.md), so it reads those variables here. A value given in
 several places (config key, launch environment, DeepSpeed JSON) must agree; otherwise the run stops and the
 message names each place.
 """

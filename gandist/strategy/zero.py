@@ -1,14 +1,14 @@
 """DeepSpeed ZeRO 0-3 for both nets: one engine per net, stepping alternately.
 
-What shared/DESIGN.md found by running it, and this module follows:
+What running DeepSpeed showed (docs/design.md), and this module follows:
 - one `deepspeed.initialize` per net (torch Adam handed in, or the JSON's optimizer), never accelerate's
   multi-model DeepSpeed path (it steps only the first engine);
 - in the G phase D is called through its raw module (`engine.module`) with requires_grad off: through the
   D engine, or with D trainable, ZeRO fails or leaks G's gradients into D;
 - precision is torch autocast around fp32 engines (see zero_config.py); under fp16 each engine gets a
-  dynamic loss scale of ours (LossScale). DeepSpeed 0.19's own `torch_autocast` GradScaler under ZeRO
-  never lowers its scale after an overflow (DeepSpeed skips the step before the scaler sees it), so
-  every later step overflows too (found on CPU, where torch 2.13 autocast does run fp16 kernels);
+  dynamic loss scale of ours (LossScale): DeepSpeed's own `torch_autocast` GradScaler under ZeRO never
+  lowers its scale after an overflow (DeepSpeed skips the step before the scaler sees it), so every
+  later step would overflow too;
 - every rank takes part in saving, and the two engines save to different folders (`ds_G/`, `ds_D/`).
 
 Under ZeRO-3 each rank holds only a shard of each parameter: `gathered(name)` all-gathers them for
@@ -165,31 +165,39 @@ class ZeroStrategy(Strategy):
             )
         super().compile(backend)
 
-    def backward_and_step(self, name: str, loss: torch.Tensor, guard: bool = False) -> dict[str, torch.Tensor]:
-        """engine.backward + engine.step for one micro-batch; DeepSpeed steps after the last one of a step.
+    def backward(self, name: str, loss: torch.Tensor) -> None:
+        """engine.backward for one micro-batch of the open optimizer step (DeepSpeed divides by the accumulation).
 
-        Returns, on the micro-batch that stepped: the gradient norm (unscaled, before clipping), under
-        fp16 whether the step was skipped for inf/NaN gradients, and with `guard` "nonfinite": 1 when a
-        loss or gradient was not finite on any rank (every rank then skipped the step). Under ZeRO 1-3
-        DeepSpeed skips a step with a non-finite global gradient norm by itself, guard or not.
+        DeepSpeed counts micro-batches itself: engine.step() follows every backward but the last one, which
+        step() closes; the phase feeding exactly `accumulation` micro-batches keeps both counts in line.
         """
-        engine, net = self.engines[name], self.nets[name]
+        engine, net = self.engines[name], self._feed(name, loss)
+        last = net.micro_steps == self.accumulation
+        if engine.is_gradient_accumulation_boundary() != last:
+            raise RuntimeError(f"{name}: DeepSpeed's micro-batch count is out of step with gandist's")
         scale: LossScale = net.scaler
-        boundary = engine.is_gradient_accumulation_boundary()
-        if guard:
-            bad = ~torch.isfinite(loss.detach().float())
-            net.bad_loss = bad if net.bad_loss is None else net.bad_loss | bad
         if scale.is_enabled() and self.zero_stage > 0:
             engine.optimizer.override_loss_scale(scale.get_scale())
         elif scale.is_enabled():
             loss = loss * scale.get_scale()
         engine.backward(loss)
+        if not last:
+            engine.step()  # not a boundary: DeepSpeed only counts the micro-batch
+
+    def step(self, name: str, guard: bool = False) -> dict[str, torch.Tensor]:
+        """Close the open optimizer step: engine.step() at the accumulation boundary.
+
+        Returns the gradient norm (unscaled, before clipping), under fp16 whether the step was skipped for
+        inf/NaN gradients, and with `guard` "nonfinite": 1 when a loss or gradient was not finite on any rank
+        (every rank then skipped the step). Under ZeRO 1-3 DeepSpeed skips a step with a non-finite global
+        gradient norm by itself, guard or not.
+        """
+        engine, net = self.engines[name], self._close(name)
+        scale: LossScale = net.scaler
         norm, overflow = None, False
-        if boundary and self.zero_stage == 0:
+        if self.zero_stage == 0:
             norm, overflow = self._unscale_whole_gradients(engine, scale, check=guard or scale.is_enabled())
         engine.step()
-        if not boundary:
-            return {}
         out: dict[str, torch.Tensor] = {}
         if self.zero_stage > 0:
             norm = engine.get_global_grad_norm()
@@ -200,9 +208,8 @@ class ZeroStrategy(Strategy):
             scale.update(overflow)
             out["skipped"] = torch.tensor(float(overflow), device=self.device)
         if guard:
-            bad = (net.bad_loss | overflow).float().reshape(1)
-            net.bad_loss = None
-            out["nonfinite"] = self.reduce_max(bad)[0].cpu()  # the guard's one host sync (read by the loop)
+            out["nonfinite"] = self._nonfinite(net, overflow)
+        net.losses.clear()
         return out
 
     def _release_wrappers(self) -> None:

@@ -3,7 +3,7 @@
 Batch sizes, gradient accumulation, the ZeRO stage and clipping always come from gandist (the JSON may
 say "auto" or the same number). Precision never uses DeepSpeed's `bf16`/`fp16` sections: they cast the
 model to half precision while BatchNorm's running statistics stay fp32 ("Expected running_mean to have
-type BFloat16 but got Float", shared/DESIGN.md), nor its `torch_autocast` section (its fp16 loss scale
+type BFloat16 but got Float", docs/design.md), nor its `torch_autocast` section (its fp16 loss scale
 never recovers from an overflow under ZeRO): bf16 and fp16 run fp32 engines inside gandist's torch
 autocast, and fp16 gets gandist's dynamic loss scale (zero.py).
 """

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from gandist.config import StrategyConfig
-from gandist.data import StreamSpec, expand_shards, make_loader
+from gandist.data.specs import expand_shards
+from gandist.data.stream import StreamSpec, make_loader
 from gandist.strategy import Strategy, make_accelerator
 
 ENDLESS_BATCHES = 6

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from gandist.config import StrategyConfig
-from gandist.generate import GenerateSpec, generate
+from gandist.generator.generate import GenerateSpec, generate
 from gandist.strategy import Strategy, make_accelerator
 from tests.generator_fixtures import toy_conditional
 

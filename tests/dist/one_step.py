@@ -13,14 +13,16 @@ import sys
 import torch
 
 from gandist.config import load_config
-from gandist.loop import Phases, build_nets, make_optimizer
-from gandist.losses import get_losses
+from gandist.models import build_nets
+from gandist.objectives.losses import get_losses
+from gandist.reporting.stats import TickStats
 from gandist.strategy import Strategy, make_accelerator
-from gandist.tracking import TickStats
+from gandist.training.optim import make_optimizer
+from gandist.training.phases import Phases
 
 cfg = load_config(None, ["model.g_width=8", "model.d_width=8", "model.z_dim=16", "train.precision=fp32"])
 strategy = Strategy(make_accelerator(cfg.strategy), "fp32")
-G, D = build_nets(cfg)
+G, D = build_nets(cfg.model, cfg.train.seed)
 strategy.add("G", G, make_optimizer(G.parameters(), cfg.G_opt))
 strategy.add("D", D, make_optimizer(D.parameters(), cfg.D_opt))
 phases = Phases(strategy, *get_losses("nonsaturating"), TickStats(strategy.device))

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from gandist.data import ShardStream, StreamSpec, expand_shards
-from gandist.shards import ShardWriter, encode_image
+from gandist.data.shards import ShardWriter, encode_image
+from gandist.data.specs import expand_shards
+from gandist.data.stream import ShardStream, StreamSpec
 from tests.conftest import ROOT, accelerate_cmd, run
 
 pytestmark = pytest.mark.slow

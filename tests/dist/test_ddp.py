@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gandist.config import from_dict
-from gandist.loop import build_nets
+from gandist.models import build_nets
 from tests.conftest import PYTHON, ROOT, accelerate_cmd, run
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,8 @@ def test_two_process_training_keeps_ranks_in_sync(tmp_path):
     assert "2 process(es)" in proc.stderr + proc.stdout
     # both nets moved away from their (seeded, identical) initial weights
     state = torch.load(next((run_dir / "checkpoints").glob("step-*")) / "state.pt", weights_only=False)
-    G0, D0 = build_nets(from_dict(state["config"]))
+    saved = from_dict(state["config"])
+    G0, D0 = build_nets(saved.model, saved.train.seed)
     for name, net in (("G", G0), ("D", D0)):
         moved = [not torch.equal(v, state[name][k]) for k, v in net.state_dict().items() if v.is_floating_point()]
         assert all(moved), f"{name} has tensors that did not change"

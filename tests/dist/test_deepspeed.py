@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gandist.config import load_config
-from gandist.loop import build_nets
+from gandist.models import build_nets
 from tests.conftest import BIN, ROOT, accelerate_cmd, free_port, run
 
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ def test_zero_step_trains_both_nets_and_keeps_ranks_identical(steps, stage, prec
     case = steps[(stage, precision)]
     assert steps["world"] == 2 and case["kind"] == "ZeroStrategy"
     assert all(math.isfinite(v) for v in case["losses"].values())
-    G0, D0 = build_nets(load_config(None, ["model.g_width=8", "model.d_width=8", "model.z_dim=16"]))
+    G0, D0 = build_nets(load_config(None, ["model.g_width=8", "model.d_width=8", "model.z_dim=16"]).model, 0)
     for name, net in (("G", G0), ("D", D0)):
         params = dict(net.named_parameters())
         assert all(case[name][k].shape == p.shape for k, p in params.items()), f"{name} not gathered to full size"

@@ -10,8 +10,8 @@ import psutil
 import pytest
 import torch
 
-from gandist import checkpoint
-from gandist.preemption import REQUEUE_EXIT_CODE, REQUEUE_MARKER
+from gandist.training import checkpoint
+from gandist.training.stopping import REQUEUE_EXIT_CODE, REQUEUE_MARKER
 from tests.conftest import PYTHON, ROOT, accelerate_cmd, run
 
 pytestmark = pytest.mark.slow

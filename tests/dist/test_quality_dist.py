@@ -65,7 +65,7 @@ def test_conditional_regularized_augmented_run_on_two_ranks_and_distributed_eval
     # the same checkpoint measured by one process and by two: the same images, so the same numbers
     overrides = [o for o in metrics if not o.startswith("metrics.interval")]
     one = json.loads(run([str(BIN / "gandist"), "evaluate", str(run_dir), *overrides]).stdout.strip().splitlines()[-1])
-    two_out = run(accelerate_cmd(ROOT / "gandist/evaluation.py", str(run_dir), *overrides)).stdout
+    two_out = run(accelerate_cmd("-m", "gandist.cli", "evaluate", str(run_dir), *overrides)).stdout
     two = json.loads(two_out.strip().splitlines()[-1])
     for key in ("fid", "kid", "precision", "recall"):
         name = f"metrics/{key}_tiny-features"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gandist import checkpoint
+from gandist.training import checkpoint
 from tests.conftest import PYTHON, ROOT, accelerate_cmd, run
 
 pytestmark = pytest.mark.slow

@@ -29,14 +29,17 @@ from accelerate.utils import gather_object
 from deepspeed.utils import safe_get_full_optimizer_state
 
 import gandist.strategy.base as strategy_base
-from gandist import checkpoint
 from gandist.config import StrategyConfig, load_config
-from gandist.ema import make_ema, update_ema
-from gandist.loop import Phases, build_nets, make_optimizer, param_digest
-from gandist.losses import get_losses
+from gandist.models import build_nets
+from gandist.objectives.losses import get_losses
+from gandist.reporting.stats import TickStats
 from gandist.strategy import Strategy, make_accelerator, plan_strategy
 from gandist.strategy.zero import ZeroStrategy
-from gandist.tracking import TickStats
+from gandist.training import checkpoint
+from gandist.training.ema import make_ema, update_ema
+from gandist.training.optim import make_optimizer
+from gandist.training.phases import Phases
+from gandist.training.state import param_digest
 
 SHARD_ALL = str(Path(__file__).with_name("zero3_shard_all.json"))  # ZeRO-3 shards even tiny parameters
 GLOBAL_BATCH = 16
@@ -78,7 +81,7 @@ def fix_batchnorm(G: torch.nn.Module, D: torch.nn.Module) -> None:
 
 def build(stage: int | None, precision: str, accumulation: int = 1, eval_mode: bool = False, clip: float = 0.0, **kw):
     strategy = make_strategy(stage, precision, accumulation, clip, **kw)
-    G, D = (net.to(device) for net in build_nets(cfg))
+    G, D = (net.to(device) for net in build_nets(cfg.model, cfg.train.seed))
     if eval_mode:
         fix_batchnorm(G, D)
     G_ema = make_ema(G)
@@ -189,7 +192,8 @@ for stage in (None, 0, 1, 3):  # the non-finite guard: a NaN loss on rank 1 only
             loss = strategy.train_forward("D")(REAL[MINE]).mean()
         if poison and rank == 1:
             loss = loss * float("nan")
-        flags.append(strategy.backward_and_step("D", loss, guard=True)["nonfinite"].item())
+        strategy.backward("D", loss)
+        flags.append(strategy.step("D", guard=True)["nonfinite"].item())
         weights.append(D_weights(strategy))
     unchanged = all(torch.equal(a, b) for a, b in zip(weights[0], weights[1]))
     moved = all(torch.isfinite(b).all() and not torch.equal(a, b) for a, b in zip(weights[1], weights[2]))

@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from gandist.config import load_config
-from gandist.ema import make_ema, update_ema
-from gandist.fastpath import resolve_channels_last
-from gandist.loop import Phases, build_nets, make_optimizer
-from gandist.losses import get_losses
+from gandist.models import build_nets
+from gandist.objectives.losses import get_losses
+from gandist.reporting.stats import TickStats
 from gandist.strategy import make_strategy
-from gandist.tracking import TickStats
+from gandist.training.device import resolve_channels_last
+from gandist.training.ema import make_ema, update_ema
+from gandist.training.optim import make_optimizer
+from gandist.training.phases import Phases
 from tests.conftest import ROOT, run, train_cmd
 
 pytestmark = [
@@ -29,7 +31,7 @@ def test_a_step_syncs_with_the_host_only_for_the_guard(guard):
     device = strategy.device
     fmt = torch.channels_last if resolve_channels_last("auto", device.type, strategy.name) else torch.contiguous_format
     assert fmt == torch.channels_last
-    G, D = build_nets(cfg)
+    G, D = build_nets(cfg.model, cfg.train.seed)
     G, D = G.to(device, memory_format=fmt), D.to(device, memory_format=fmt)
     G_ema = make_ema(G)
     strategy.add("G", G, make_optimizer(G.parameters(), cfg.G_opt, device.type))

@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from gandist.checkpoint import latest_checkpoint
+from gandist.training.checkpoint import latest_checkpoint
 from tests.conftest import BIN, PYTHON, ROOT, run, train_cmd
 
 pytestmark = pytest.mark.slow

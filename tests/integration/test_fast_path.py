@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from gandist.checkpoint import latest_checkpoint, load_checkpoint
+from gandist.training.checkpoint import latest_checkpoint, load_checkpoint
 from tests.conftest import run, train_cmd
 
 pytestmark = pytest.mark.slow

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from gandist.checkpoint import complete_checkpoints
 from gandist.config import from_dict
-from gandist.loop import build_nets
-from gandist.sampling import latents, to_uint8
+from gandist.generator.sample import latents, to_uint8
+from gandist.models import build_nets
+from gandist.training.checkpoint import complete_checkpoints
 from tests.conftest import BIN, run, train_cmd
 from tests.generator_fixtures import read_dataset, tiny_trained_run
 
@@ -37,7 +37,8 @@ def test_generated_shards_hold_G_ema_samples_and_train_a_new_run(run_dir, tmp_pa
     samples = read_dataset(out)
     assert sorted(samples) == list(range(40)) and all(set(e) == {"png"} for e in samples.values())
     state = torch.load(complete_checkpoints(run_dir)[-1] / "state.pt", weights_only=False)
-    G, _ = build_nets(from_dict(state["config"]))
+    saved = from_dict(state["config"])
+    G, _ = build_nets(saved.model, saved.train.seed)
     G.load_state_dict(state["G_ema"])
     with torch.no_grad():
         expected = to_uint8(G.eval()(latents(3, range(40), 16)))[:, 0].numpy()

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from gandist.checkpoint import complete_checkpoints, load_checkpoint
+from gandist.training.checkpoint import complete_checkpoints, load_checkpoint
 from tests.conftest import BIN, ROOT, run, train_cmd
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,7 @@ def test_evaluate_says_where_the_inception_weights_go(tmp_path, tiny_shards):
     proc = subprocess.run(
         [str(BIN / "gandist"), "evaluate", str(tmp_path / "nothing")], capture_output=True, text=True, env=env
     )
-    assert proc.returncode == 2 and "neither a complete checkpoint" in proc.stderr
+    assert proc.returncode == 2 and "no complete checkpoint in" in proc.stderr
 
 
 def test_metrics_during_training_fail_before_training_without_weights(tmp_path, tiny_shards):

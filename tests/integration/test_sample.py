@@ -8,12 +8,12 @@ import torch
 from PIL import Image
 
 import gandist
-from gandist import cli
-from gandist.checkpoint import complete_checkpoints
+from gandist.cli import main as cli
 from gandist.config import from_dict
-from gandist.images import make_grid
-from gandist.loop import build_nets
-from gandist.sampling import latents
+from gandist.generator.sample import latents
+from gandist.models import build_nets
+from gandist.reporting.grids import make_grid
+from gandist.training.checkpoint import complete_checkpoints
 from tests.generator_fixtures import tiny_trained_run
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,8 @@ def run_dir(tmp_path_factory):
 def reference_G(ckpt, net="G_ema"):
     """G rebuilt by hand from a checkpoint's state.pt, in eval mode as the trainer's grids use it."""
     state = torch.load(ckpt / "state.pt", weights_only=False)
-    G, _ = build_nets(from_dict(state["config"]))
+    saved = from_dict(state["config"])
+    G, _ = build_nets(saved.model, saved.train.seed)
     G.load_state_dict(state[net])
     return G.eval()
 

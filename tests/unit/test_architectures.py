@@ -5,6 +5,7 @@ import re
 import pytest
 import torch
 
+from gandist.config import ConfigError, load_config
 from gandist.models import build_models, resnet, stylegan2
 
 ARCHS = ["resnet", "stylegan2"]
@@ -64,8 +65,8 @@ def test_labels_must_match_conditioning(arch):
     G0, D0 = build_models(arch, 32, 1, z_dim=8, g_width=4, d_width=4)
     with pytest.raises(ValueError, match="unconditional"):
         D0(torch.zeros(2, 1, 32, 32), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="DCGAN is unconditional"):
-        build_models("dcgan", 32, 1, 8, 4, 4, num_classes=3)
+    with pytest.raises(ConfigError, match="DCGAN is unconditional"):
+        load_config(None, ["model.num_classes=3"])  # the model config refuses it before anything is built
 
 
 def _spectral_layers(D):
@@ -150,5 +151,5 @@ def test_resnet_minibatch_stddev_lets_D_see_a_batch_variety():
         assert not torch.allclose(D(x, c)[0], D(same, c)[0], atol=1e-4)
     # the extra layer is spectrally normalised like the rest of D
     assert hasattr(D.mbstd_conv, "parametrizations") and plain.mbstd_conv is None
-    with pytest.raises(ValueError, match="d_mbstd"):
-        build_models("dcgan", 32, 1, z_dim=8, g_width=4, d_width=4, d_mbstd=4)
+    with pytest.raises(ConfigError, match="d_mbstd"):
+        load_config(None, ["model.d_mbstd=4"])  # the dcgan D has no such layer

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gandist.augment import ADA_OPS, AugmentPipe, ada_augment, diff_augment
+from gandist.objectives.augment import ADA_OPS, AugmentPipe, ada_augment, diff_augment
 
 
 def _images(n=8, c=1, size=16, seed=0):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gandist import checkpoint
+from gandist.training import checkpoint
 
 
 def _save(run_dir, step, keep=3, value=0.0):

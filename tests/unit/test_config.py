@@ -1,6 +1,7 @@
 import pytest
 
-from gandist.config import Config, ConfigError, from_dict, load_config, parse_override, to_dict, validate
+from gandist.config import Config, ConfigError, from_dict, load_config, parse_override, to_dict
+from gandist.strategy import check_batch
 from tests.conftest import ROOT
 
 
@@ -55,9 +56,9 @@ def test_bad_yaml_file_names_file_and_key(tmp_path):
 
 def test_batch_must_divide_by_world_size():
     cfg = load_config(None, ["train.batch=64"])
-    validate(cfg, world_size=4)
-    with pytest.raises(ConfigError, match=r"train\.batch.*64.*3 processes"):
-        validate(cfg, world_size=3)
+    check_batch(cfg.train.batch, 4, 1)
+    with pytest.raises(ConfigError, match=r"train\.batch.*64.*3 process\(es\)"):
+        check_batch(cfg.train.batch, 3, 1)
 
 
 def test_override_values_are_yaml():

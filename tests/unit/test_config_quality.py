@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from gandist.config import ConfigError, load_config
-from gandist.data import DataError
-from gandist.loop import class_labels, lazy_regularization_opt
+from gandist.data.stream import DataError
+from gandist.training.optim import lazy_regularization_opt
+from gandist.training.step import class_labels
 
 
 def test_defaults_change_nothing_for_the_seed_recipe():

@@ -9,19 +9,19 @@ import pytest
 import torch
 from PIL import Image
 
-from gandist.data import (
+from gandist.data.prepare import read_idx
+from gandist.data.shards import ShardWriter, TruncatedShard, encode_image, iter_tar, write_shards
+from gandist.data.specs import check_dataset, expand_shards
+from gandist.data.stream import (
     DataError,
     ShardLoader,
     ShardStream,
     StreamSpec,
-    check_dataset,
     decode_image,
-    expand_shards,
     iter_shard,
     make_loader,
     to_device_float,
 )
-from gandist.shards import ShardWriter, TruncatedShard, encode_image, iter_tar, read_idx, write_shards
 
 
 def _spec(urls, **kw):

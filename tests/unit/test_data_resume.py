@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from gandist.data import StreamSpec, expand_shards, make_loader
+from gandist.data.specs import expand_shards
+from gandist.data.stream import StreamSpec, make_loader
 
 
 @pytest.mark.parametrize("workers", [0, 2, 3])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gandist.ema import ema_beta, make_ema, update_ema
+from gandist.training.ema import ema_beta, make_ema, update_ema
 
 
 def test_half_life_in_images_does_not_depend_on_batch():
@@ -33,7 +33,7 @@ def test_update_moves_towards_G_and_copies_buffers():
 
 
 def test_refresh_batchnorm_stats_matches_the_averaged_weights():
-    from gandist.ema import refresh_batchnorm_stats
+    from gandist.training.ema import refresh_batchnorm_stats
 
     class TinyG(torch.nn.Module):
         def __init__(self):

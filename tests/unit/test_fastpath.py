@@ -12,18 +12,14 @@ import torch
 from torch._dynamo.backends.common import aot_autograd
 
 from gandist.config import ConfigError, OptimizerConfig, StrategyConfig, load_config
-from gandist.fastpath import (
-    first_step_or_eager,
-    resolve_channels_last,
-    resolve_fused,
-    set_up_device,
-    tune_malloc,
-)
-from gandist.loop import Phases, make_optimizer
-from gandist.losses import get_losses
 from gandist.models import build_models
+from gandist.objectives.losses import get_losses
+from gandist.reporting.stats import TickStats
 from gandist.strategy import Strategy, make_accelerator
-from gandist.tracking import TickStats
+from gandist.training.device import resolve_channels_last, resolve_fused, set_up_device, tune_malloc
+from gandist.training.optim import make_optimizer
+from gandist.training.phases import Phases
+from gandist.training.step import first_step_or_eager
 
 
 def test_defaults_are_auto_and_compile_is_opt_in():
@@ -163,7 +159,7 @@ def test_a_failure_without_compile_is_not_swallowed():
 # the last 10 of 20 such steps, in a fresh process (mallopt is process-wide), with or without train.malloc_tuning.
 STEPS = """
 import resource, sys, torch
-from gandist.fastpath import tune_malloc
+from gandist.training.device import tune_malloc
 applied = tune_malloc(sys.argv[1], "cpu") if sys.argv[1] != "off" else False
 def step():
     tensors = [torch.ones(n << 18) for n in (40, 4, 8, 8, 6)]  # MiB: glibc always mmaps a block over 32 MiB

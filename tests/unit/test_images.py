@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from gandist.images import make_grid, save_grid
+from gandist.reporting.grids import make_grid, save_grid
 
 
 def test_float_and_uint8_inputs_map_to_the_same_pixels():

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from gandist.losses import get_losses, hinge_d, hinge_g, nonsaturating_d, nonsaturating_g
+from gandist.objectives.losses import get_losses, hinge_d, hinge_g, nonsaturating_d, nonsaturating_g
 
 
 def test_nonsaturating_by_hand():
@@ -39,7 +39,7 @@ def test_registry():
 
 
 def test_least_squares_by_hand():
-    from gandist.losses import least_squares_d, least_squares_g
+    from gandist.objectives.losses import least_squares_d, least_squares_g
 
     real, fake = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
     assert least_squares_d(real, fake).item() == pytest.approx(0.5 * (0 + 1) / 2 + 0.5 * (0 + 4) / 2)
@@ -47,7 +47,7 @@ def test_least_squares_by_hand():
 
 
 def test_wgan_by_hand():
-    from gandist.losses import wgan_d, wgan_g
+    from gandist.objectives.losses import wgan_d, wgan_g
 
     real, fake = torch.tensor([3.0, 1.0]), torch.tensor([-1.0, 0.0])
     assert wgan_d(real, fake).item() == pytest.approx(-0.5 - 2.0)

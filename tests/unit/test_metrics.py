@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from gandist.config import StrategyConfig
 from gandist.metrics import (
     Evaluator,
     FeatureNetError,
@@ -19,6 +20,7 @@ from gandist.metrics import (
     precision_recall,
 )
 from gandist.metrics import reference as reference_module
+from gandist.metrics.reference import ReferenceSpec
 
 
 def _random_psd(d, seed):
@@ -197,7 +199,7 @@ def _metrics_cfg(tmp_path, **kw):
 
 def test_reference_statistics_are_cached_next_to_the_shards(tmp_path, tiny_shards, monkeypatch):
     cfg = _metrics_cfg(tmp_path)
-    evaluator = Evaluator(cfg, tiny_shards, 32, 1, torch.device("cpu"), say=lambda s: None)
+    evaluator = Evaluator(cfg, ReferenceSpec.of(cfg, tiny_shards, 32, 1), _single(), say=lambda s: None)
     ref = evaluator.reference()
     assert ref["count"] == 96 and ref["features"].shape == (96, 6) and ref["sigma"].shape == (6, 6)
     cached = list((Path(tiny_shards).parent / "gandist-stats").glob("tiny-features-*.pt"))
@@ -207,12 +209,19 @@ def test_reference_statistics_are_cached_next_to_the_shards(tmp_path, tiny_shard
         raise AssertionError("reference statistics recomputed despite the cache")
 
     monkeypatch.setattr(reference_module, "compute_reference", no_recompute)
-    again = Evaluator(cfg, tiny_shards, 32, 1, torch.device("cpu"), say=lambda s: None).reference()
+    again = Evaluator(cfg, ReferenceSpec.of(cfg, tiny_shards, 32, 1), _single(), say=lambda s: None).reference()
     torch.testing.assert_close(again["mu"], ref["mu"])
     limited = reference_module.cache_path(
         reference_module.expand_shards(tiny_shards), evaluator.net, 32, 1, 50, ""
     )  # another number of images, another file
     assert limited != cached[0]
+
+
+def _single():
+    """The strategy of one process on the CPU: what gives the metrics their device and collectives."""
+    from gandist.strategy import Strategy, make_accelerator
+
+    return Strategy(make_accelerator(StrategyConfig()), "fp32")
 
 
 class ReplayG(torch.nn.Module):
@@ -232,10 +241,10 @@ class ReplayG(torch.nn.Module):
 
 
 def test_evaluator_scores_real_images_better_than_noise(tmp_path, tiny_shards):
-    from gandist.data import to_device_float
+    from gandist.data.stream import to_device_float
 
     cfg = _metrics_cfg(tmp_path)
-    evaluator = Evaluator(cfg, tiny_shards, 32, 1, torch.device("cpu"), say=lambda s: None)
+    evaluator = Evaluator(cfg, ReferenceSpec.of(cfg, tiny_shards, 32, 1), _single(), say=lambda s: None)
     urls = reference_module.expand_shards(tiny_shards)
     reals = torch.cat(list(reference_module.iter_images(urls, 1, 32, 96)))
     real_images = to_device_float(reals, torch.device("cpu"), torch.contiguous_format)

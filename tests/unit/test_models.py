@@ -22,13 +22,6 @@ def _plain_gan():
     return module
 
 
-def test_the_kept_reference_loop_is_the_teams():
-    team = ROOT.parent / "shared" / "bench" / "plain_gan.py"  # beside a developer's checkout, not in CI's
-    if not team.is_file():
-        pytest.skip(f"{team} is not on this machine")
-    assert PLAIN.read_bytes() == team.read_bytes(), f"{PLAIN} differs from {team}: copy it again"
-
-
 @pytest.mark.parametrize("res", [32, 64, 128])
 def test_parameter_counts_match_the_speed_reference(res):
     assert (n_params(Generator(res)), n_params(Discriminator(res))) == PLAIN_COUNTS[res]

@@ -9,9 +9,11 @@ import torch
 from PIL import Image
 
 from gandist.cli import main as gandist
-from gandist.data import ShardStream, StreamSpec, expand_shards, iter_shard
-from gandist.prepare import FASHION_MNIST_DIR, EncodeOptions, Source, prepare
-from gandist.shards import iter_tar, resize
+from gandist.data.images import resize
+from gandist.data.prepare import FASHION_MNIST_DIR, EncodeOptions, Source, prepare
+from gandist.data.shards import iter_tar
+from gandist.data.specs import expand_shards
+from gandist.data.stream import ShardStream, StreamSpec, iter_shard
 from tests.conftest import BIN, ROOT
 
 

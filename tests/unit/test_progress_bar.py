@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 
-from gandist.tracking import Reporter
+from gandist.reporting.progress import Reporter
 
 
 @pytest.mark.parametrize("batch", [64, 48, 96])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gandist.models import build_models
-from gandist.regularizers import LeCam, gradient_penalty, r1_penalty
+from gandist.objectives.regularizers import LeCam, gradient_penalty, r1_penalty
 
 
 class SmoothD(torch.nn.Module):

@@ -3,20 +3,19 @@
 import pytest
 import torch
 
-from gandist import checkpoint
 from gandist.config import Config, to_dict
-from gandist.sampling import (
-    SamplingError,
+from gandist.generator.load import SamplingError, load_trained
+from gandist.generator.sample import (
     check_class_options,
-    find_checkpoint,
     interpolation_latents,
     labels_for,
     latents,
     lerp,
-    load_trained,
     render_indices,
     slerp,
 )
+from gandist.training import checkpoint
+from gandist.training.checkpoint import find_checkpoint
 from tests.generator_fixtures import toy_conditional, toy_pixel
 
 
@@ -106,11 +105,11 @@ def test_conditional_generator_is_called_with_the_labels():
 
 def _fake_run(run_dir, step, G_value, G_ema_value, complete=True):
     """A checkpoint as the trainer writes it, with constant weights so G and G_ema can be told apart."""
-    from gandist.loop import build_nets
+    from gandist.models import build_nets
 
     cfg = Config()
     cfg.model.g_width, cfg.model.d_width, cfg.model.z_dim = 8, 8, 16
-    G, _ = build_nets(cfg)
+    G, _ = build_nets(cfg.model, cfg.train.seed)
     states = {}
     for name, value in (("G", G_value), ("G_ema", G_ema_value)):
         states[name] = {
@@ -148,17 +147,17 @@ def test_only_state_pt_is_needed(tmp_path):
 
 
 def test_sources_without_a_complete_checkpoint_are_refused(tmp_path):
-    with pytest.raises(SamplingError, match="does not exist"):
+    with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
         find_checkpoint(tmp_path / "nope")
-    with pytest.raises(SamplingError, match="no complete checkpoint in"):
+    with pytest.raises(checkpoint.CheckpointError, match="no complete checkpoint in"):
         find_checkpoint(tmp_path)
     half = _fake_run(tmp_path, 5, 0.1, 0.2, complete=False)
-    with pytest.raises(SamplingError, match=r"only incomplete saves: step-000000005"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"only incomplete saves: step-000000005"):
         find_checkpoint(tmp_path)
-    with pytest.raises(SamplingError, match="is not a complete checkpoint"):
+    with pytest.raises(checkpoint.CheckpointError, match="is not a complete checkpoint"):
         find_checkpoint(half)
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(SamplingError, match="not a checkpoint's state.pt"):
+    with pytest.raises(checkpoint.CheckpointError, match="not a checkpoint's state.pt"):
         find_checkpoint(tmp_path / "notes.txt")
     with pytest.raises(SamplingError, match="net 'D' is not one of"):
         load_trained(tmp_path, net="D")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gandist.generate import GenerateSpec, generate, rank_shards, shard_ranges, validate
-from gandist.sampling import SamplingError
+from gandist.generator.generate import GenerateSpec, generate, rank_shards, shard_ranges, validate
+from gandist.generator.load import SamplingError
 from tests.generator_fixtures import read_dataset, toy_conditional, toy_pixel
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from gandist.schedule import lr_multiplier
+from gandist.training.schedule import lr_multiplier
 
 
 def test_constant_with_warmup():

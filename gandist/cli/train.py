@@ -1,0 +1,53 @@
+r"""Train a GAN: the same command runs on one CPU, several CPU processes, one GPU or many nodes.
+
+examples:
+  # one process (CPU or one GPU), default config: DCGAN on the embedded Fashion-MNIST sample
+  gandist train                                            # or: python -m gandist.train
+  gandist train --config configs/fashion_mnist.yaml train.kimg=100 run_name=try1
+  # two CPU processes (gloo)
+  accelerate launch --config_file launch/cpu_2proc.yaml gandist/train.py --config configs/fashion_mnist.yaml
+  # all GPUs of a node
+  accelerate launch --config_file launch/gpus_1node.yaml gandist/train.py \
+      --config configs/fashion_mnist.yaml train.kimg=200
+  # 2 nodes (run on each node with its machine rank; see slurm/ for SLURM)
+  accelerate launch --config_file launch/multinode.yaml --machine_rank $NODE_RANK --main_process_ip $HEAD \
+      gandist/train.py --config configs/fashion_mnist.yaml
+
+Overrides are key.sub=value (e.g. train.kimg=10 output_dir=runs run_name=try1), before or after --config.
+Exit status: 0 done, 75 stopped early and asking to be requeued (REQUEUE in the run folder), 2 bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from gandist.cli.args import add_config_arguments, error
+
+NAME = "train"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The train command's arguments."""
+    add_config_arguments(parser)
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the config and train (or print it)."""
+    from gandist.config import ConfigError, load_config, to_yaml
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        return error(str(e))
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    from gandist.training.loop import train
+    from gandist.training.stopping import REQUEUE_EXIT_CODE
+
+    try:
+        result = train(cfg)
+    except ConfigError as e:
+        return error(str(e))
+    return REQUEUE_EXIT_CODE if result.stopped_early else 0

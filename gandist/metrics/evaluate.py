@@ -1,0 +1,62 @@
+"""`gandist evaluate`: FID / KID / precision / recall of a checkpoint's generator.
+
+What G is comes from the config saved in the checkpoint; the metrics section (and the reference set:
+metrics.reference, else data.shards) come from that config too, changed by key=value overrides.
+Every rank of a launch generates and embeds a share; rank 0 appends one line to <run>/metrics-eval.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from gandist.config import apply_file, apply_overrides, from_dict
+from gandist.metrics.evaluator import Evaluator
+from gandist.metrics.reference import ReferenceSpec
+from gandist.models import build_generator
+from gandist.strategy import Strategy, make_accelerator
+from gandist.training.checkpoint import find_checkpoint, load_checkpoint
+from gandist.training.ema import refresh_batchnorm_stats
+
+
+def evaluate(
+    target: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    net: str = "G_ema",
+    seed: int | None = None,
+    config_file: str | Path | None = None,
+) -> dict | None:
+    """Compute the metrics of a checkpoint's generator in this process (one rank of a launch). Collective.
+
+    The checkpoint's saved config, changed by `config_file` (a YAML of differences) and then `overrides`,
+    says what G is and how to measure it. Rank 0 appends the record to the run's metrics-eval.jsonl and
+    returns it; other ranks return None.
+    """
+    folder = find_checkpoint(target)
+    shared, _ = load_checkpoint(folder, rank=None)
+    cfg = from_dict(shared["config"], f"config saved in {folder}")
+    if config_file is not None:
+        apply_file(cfg, config_file)
+    apply_overrides(cfg, overrides)
+    cfg.validate()
+    strategy = Strategy(make_accelerator(cfg.strategy), "fp32")
+    try:
+        m = cfg.model
+        G = build_generator(m)
+        G.load_state_dict(shared[net])
+        G = G.to(strategy.device).eval()
+        if net == "G_ema":  # as the training loop does before using G_ema (a no-op for its own checkpoints)
+            refresh_batchnorm_stats(G, m.z_dim, m.num_classes, strategy.device, seed=cfg.train.seed)
+        reference = ReferenceSpec.of(cfg.metrics, cfg.metrics.reference or cfg.data.shards, m.resolution, m.channels)
+        say = (lambda text: print(text, file=sys.stderr)) if strategy.is_main else (lambda text: None)
+        evaluator = Evaluator(cfg.metrics, reference, strategy, say)
+        results = evaluator(G, m.z_dim, m.num_classes, seed=cfg.train.seed if seed is None else seed)
+        record = {"checkpoint": str(folder), "kimg": round(shared["nimg"] / 1000, 3), "net": net, **results}
+        if not strategy.is_main:
+            return None
+        with (folder.parent.parent / "metrics-eval.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        return record
+    finally:
+        strategy.close()

@@ -1,0 +1,130 @@
+"""The phases of one GAN iteration: D, G and lazy R1, each one whole optimizer step of its net.
+
+A phase opens an optimizer step of its net, feeds it every micro-batch of this rank's batch
+(`strategy.gradient_accumulation` of them: strategy.backward) and closes the step (strategy.step),
+as StyleGAN2-ADA's phases and nanoGPT's micro-step loop do. So a lazy R1 phase is one D step of its
+own whatever the accumulation, and an optimizer step never mixes micro-batches of two phases.
+
+Statistics of a phase go to the tick only if its step was taken (the non-finite guard may skip it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from gandist.objectives.augment import AugmentPipe
+from gandist.objectives.regularizers import LeCam, gradient_penalty, r1_penalty
+from gandist.reporting.stats import TickStats
+from gandist.strategy import Strategy
+
+
+def micro_batches(n: int, *tensors: torch.Tensor | None) -> Iterator[tuple[torch.Tensor | None, ...]]:
+    """The i-th of n equal chunks of every tensor (None stays None), for i = 0 .. n-1."""
+    parts = [t.chunk(n) if t is not None else [None] * n for t in tensors]
+    return zip(*parts)
+
+
+@dataclass
+class Phases:
+    """The per-step work of a GAN, independent of where its batch and noise come from."""
+
+    strategy: Strategy
+    d_loss: Callable[..., torch.Tensor]
+    g_loss: Callable[..., torch.Tensor]
+    stats: TickStats
+    augment: AugmentPipe = field(default_factory=AugmentPipe)  # identity unless configured
+    lecam: LeCam | None = None
+    lecam_weight: float = 0.0
+    gp_weight: float = 0.0
+    guard: bool = False
+
+    def d_phase(
+        self,
+        real: torch.Tensor,
+        z: torch.Tensor,
+        c_real: torch.Tensor | None = None,
+        c_fake: torch.Tensor | None = None,
+    ) -> bool:
+        """One D step on this rank's real batch and fakes from z (G not trained); c: class labels or None.
+
+        False if the non-finite guard skipped the step.
+        """
+        s, pending = self.strategy, []
+        G, D = s.train_forward("G"), s.train_forward("D")
+        for real_i, z_i, cr_i, cf_i in micro_batches(s.accumulation, real, z, c_real, c_fake):
+            with s.autocast():
+                with torch.no_grad():
+                    fake = G(z_i, cf_i)
+                real_logits = D(self.augment(real_i), cr_i)
+                fake_logits = D(self.augment(fake), cf_i)
+                loss = self.d_loss(real_logits.float(), fake_logits.float())
+            regularized = loss
+            if self.lecam is not None:
+                lecam = self.lecam.penalty(real_logits.float(), fake_logits.float())
+                regularized = regularized + self.lecam_weight * lecam
+                pending.append(("loss/lecam", lecam))
+            if self.gp_weight > 0:  # in fp32: a gradient of a gradient
+                gp = gradient_penalty(s.train_forward("D", eager=True), real_i, fake, cr_i)[0].mean()
+                regularized = regularized + self.gp_weight * gp
+                pending.append(("loss/gp", gp))
+            s.backward("D", regularized)
+            self.augment.observe(real_logits)
+            pending += [
+                ("loss/D", loss),
+                ("score/real", real_logits.detach().float().mean()),
+                ("score/fake", fake_logits.detach().float().mean()),
+            ]
+        return self._record("D", s.step("D", guard=self.guard), pending)
+
+    def g_phase(self, z: torch.Tensor, c: torch.Tensor | None = None) -> bool:
+        """One G step through a frozen D; False if skipped."""
+        s, pending = self.strategy, []
+        G = s.train_forward("G")
+        for z_i, c_i in micro_batches(s.accumulation, z, c):
+            with s.frozen("D") as D, s.autocast():
+                loss = self.g_loss(D(self.augment(G(z_i, c_i)), c_i).float())
+            s.backward("G", loss)
+            pending.append(("loss/G", loss))
+        return self._record("G", s.step("G", guard=self.guard), pending)
+
+    def r1_phase(self, real: torch.Tensor, c: torch.Tensor | None, gamma: float, interval: int) -> bool:
+        """Lazy R1 as its own D step: gamma/2 * E|grad D(aug(real))|^2, scaled by the steps it stands for."""
+        s, pending = self.strategy, []
+        D = s.train_forward("D", eager=True)  # compiled: no double backward
+        for real_i, c_i in micro_batches(s.accumulation, real, c):
+            with torch.no_grad():
+                images = self.augment(real_i)
+            penalty, logits = r1_penalty(D, images, c_i)
+            # logits * 0: every D parameter takes part in this backward, as DDP's reducer expects
+            s.backward("D", penalty.mean() * (gamma / 2 * interval) + logits.float().sum() * 0)
+            pending.append(("loss/r1", penalty.mean()))
+        return self._record("D_r1", s.step("D", guard=self.guard), pending)
+
+    def _record(self, name: str, step_stats: dict[str, torch.Tensor], pending: list) -> bool:
+        """Add a phase's statistics (device tensors: no host sync); True unless the non-finite guard skipped
+        the step."""
+        if "nonfinite" in step_stats and step_stats["nonfinite"].item() > 0:  # a host tensor: no sync
+            return False
+        for key, value in pending:
+            self.stats.add(key, value)
+        if "grad_norm" in step_stats:
+            self.stats.add(f"grad_norm/{name}", step_stats["grad_norm"])
+        if "skipped" in step_stats:
+            self.stats.add(f"skipped_frac/{name}", step_stats["skipped"])
+        return True
+
+    def step(
+        self,
+        real: torch.Tensor,
+        z_d: torch.Tensor,
+        z_g: torch.Tensor,
+        c_real: torch.Tensor | None = None,
+        c_d: torch.Tensor | None = None,
+        c_g: torch.Tensor | None = None,
+    ) -> bool:
+        """One D step then one G step on this rank's batch; False if the non-finite guard skipped either."""
+        d_ok = self.d_phase(real, z_d, c_real, c_d)
+        return self.g_phase(z_g, c_g) and d_ok
