@@ -55,7 +55,7 @@ def test_evaluate_says_where_the_inception_weights_go(tmp_path, tiny_shards):
     proc = subprocess.run(
         [str(BIN / "gandist"), "evaluate", str(tmp_path / "nothing")], capture_output=True, text=True, env=env
     )
-    assert proc.returncode == 2 and "no complete checkpoint in" in proc.stderr
+    assert proc.returncode == 2 and "nothing does not exist" in proc.stderr
 
 
 def test_metrics_during_training_fail_before_training_without_weights(tmp_path, tiny_shards):
