@@ -17,7 +17,7 @@ def test_two_processes_write_the_dataset_one_process_writes(tmp_path_factory, tm
     run_dir = tiny_trained_run(tmp_path_factory)
     args = ["generate", str(run_dir), "--num", "50", "--shard-size", "8", "--batch", "5", "--name", "g"]
     run([PYTHON, "-m", "gandist.cli", *args, "--out", str(tmp_path / "one")])
-    two = run(accelerate_cmd(ROOT / "gandist/cli.py", *args, "--out", str(tmp_path / "two")))
+    two = run(accelerate_cmd("-m", "gandist.cli", *args, "--out", str(tmp_path / "two")))
     # 7 shards: rank 0 writes shards 0-2 (24 images), rank 1 shards 3-6 (26)
     assert "rank 0 of 2" in two.stderr and "/24 " in two.stderr
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import gandist
-from gandist.cli import main as cli
+from gandist import cli
 from gandist.config import from_dict
 from gandist.generator.sample import latents
 from gandist.models import build_nets
