@@ -12,6 +12,7 @@ that is the launcher's job (`launch/`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -107,6 +108,9 @@ class DataConfig:
     """Batches each worker prepares ahead."""
     max_bad_frac: float = 0.01
     """Largest tolerated fraction of skipped samples (undecodable, wrong size, truncated shard) per loader worker."""
+    timeout_s: float = 300.0
+    """Longest wait in seconds for the next bytes of a shard (a stalled pipe:, http or network file): then the run
+    stops with an error naming the shard; 0: wait forever."""
 
     def validate(self) -> None:
         """Raise ConfigError for impossible values."""
@@ -114,6 +118,7 @@ class DataConfig:
         _at_least("data.shuffle_buffer", self.shuffle_buffer, 0)
         _at_least("data.prefetch_factor", self.prefetch_factor, 1, "positive")
         _within("data.max_bad_frac", self.max_bad_frac, closed=True)
+        _at_least("data.timeout_s", self.timeout_s, 0)
 
 
 @dataclass
@@ -312,15 +317,18 @@ class FaultConfig:
     stop_file: str = ""
     """A file whose existence asks the run to checkpoint and stop; empty: STOP in the run folder."""
     check_every: int = 10
-    """Steps between the all-rank checks for signals, the stop file and the time budget."""
+    """Steps between looks at the stop file and the time budget (a signal is acted on at the next step, or at once
+    while a rank waits for data)."""
     nan_guard: bool = True
     """Skip (on all ranks) any step whose loss or gradient is NaN/Inf on any rank. Costs one small all-reduce and
-    one host sync per optimizer step of each net (D, G, lazy R1): the loop's only per-step syncs; off: a step
-    never waits for the GPU (the stop checks every faults.check_every steps and the tick still do)."""
+    one host sync per optimizer step of each net (D, G, lazy R1): the loop's only per-step device syncs; off: a step
+    never waits for the GPU (the per-step stop vote is a CPU all-reduce; the tick still syncs)."""
     max_bad_steps: int = 20
     """Consecutive skipped steps that trigger a rollback to the last complete checkpoint."""
     max_rollbacks: int = 3
     """Rollbacks allowed before the run stops with an error."""
+    max_skipped_frac: float = 0.5
+    """A job that skipped more than this fraction of its steps as non-finite ends with an error, not 'done'."""
 
     def validate(self) -> None:
         """Raise ConfigError for impossible values."""
@@ -328,6 +336,7 @@ class FaultConfig:
         _at_least("faults.max_rollbacks", self.max_rollbacks, 0)
         _at_least("faults.check_every", self.check_every, 1)
         _at_least("faults.max_bad_steps", self.max_bad_steps, 1)
+        _within("faults.max_skipped_frac", self.max_skipped_frac, closed=True)
 
 
 @dataclass
@@ -385,9 +394,11 @@ class Config:
     output_dir: str = "runs"
     """Folder holding one sub-folder per run."""
     run_name: str = ""
-    """Name of the run folder; empty: a timestamp."""
+    """Name of the run folder inside output_dir (no path separators, not '..'); empty: a timestamp."""
     resume: str = "auto"
-    """auto: continue from the newest complete checkpoint of the run folder if any; never; or a checkpoint path."""
+    """auto: continue from the newest intact checkpoint of the run folder if any; never: start afresh (refused if
+    the folder holds checkpoints); restart: move the folder's earlier checkpoints and stats aside to
+    previous-<time>/ and start afresh; or a checkpoint path."""
     model: ModelConfig = field(default_factory=ModelConfig)
     G_opt: OptimizerConfig = field(default_factory=OptimizerConfig)
     D_opt: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -402,6 +413,12 @@ class Config:
 
     def validate(self) -> None:
         """Raise ConfigError for well-typed but impossible values: each section checks its own keys."""
+        name = self.run_name
+        if "/" in name or "\\" in name or name in (".", "..") or name.startswith(".") or name != name.strip():
+            raise ConfigError(
+                f"key 'run_name' = {name!r} must be a plain folder name inside output_dir (no '/', no leading '.', "
+                "no surrounding spaces): use output_dir to choose where runs go"
+            )
         for section in (
             self.model,
             self.data,
@@ -485,6 +502,8 @@ def _check_value(key: str, value: Any, hint: Any, source: str) -> Any:
                 raise bad from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: key '{key}' must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -582,6 +601,20 @@ def apply_file(cfg: Config, path: str | Path) -> Config:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
     _merge(cfg, data, f"config file {str(path)!r}")
     return cfg
+
+
+def keys_given(path: str | Path | None, overrides: list[str] | tuple[str, ...]) -> set[str]:
+    """The dotted keys a YAML file and overrides set (not their values): what a user chose explicitly."""
+
+    def flat(data: Any, prefix: str = "") -> set[str]:
+        if not isinstance(data, dict):
+            return {prefix.rstrip(".")}
+        return {k for key, value in data.items() for k in flat(value, f"{prefix}{key}.")}
+
+    keys = {parse_override(text)[0] for text in overrides}
+    if path is not None:
+        keys |= flat(yaml.safe_load(Path(path).read_text()) or {})
+    return keys
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:

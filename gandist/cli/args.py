@@ -4,14 +4,17 @@
   --seed 1 k=v`): parsed with argparse's intermixed mode;
 - commands that take a config accept `--config FILE` anywhere and `key.sub=value` overrides anywhere;
 - help shows a description and examples, and a default only where there is one;
-- errors a user can fix are one line on stderr, `gandist: error: ...`, and exit status 2.
+- every error is one line on stderr, `gandist: error: ...` (the traceback only with GANDIST_DEBUG=1), with
+  the exit status of its kind (report()).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -91,13 +94,47 @@ def error(message: str) -> int:
     return EXIT_USAGE
 
 
-def guarded(work: Callable[[argparse.Namespace], int], errors: tuple[type[BaseException], ...]):
-    """Run a command, turning the errors a user can fix into one line on stderr and exit status 2."""
+def debug() -> bool:
+    """GANDIST_DEBUG=1: unexpected errors show their traceback."""
+    return os.environ.get("GANDIST_DEBUG", "") not in ("", "0")
+
+
+def report(e: BaseException) -> int:
+    """Print an error the way every command does (one line; the traceback only with GANDIST_DEBUG=1) and return
+    its exit status: 2 bad input (config, data, checkpoint, paths), 3 training diverged, 130 aborted, 1 a crash.
+
+    An error that every rank of a launch raised together (marked `collective`) is printed by rank 0 only.
+    """
+    from gandist.errors import EXIT_DIVERGED, user_errors
+
+    rank, world = getattr(e, "rank", None), getattr(e, "world_size", 1)
+    launched_rank = os.environ.get("RANK", "0") or "0"
+    if rank is None and launched_rank != "0" and isinstance(e, user_errors()):
+        return EXIT_USAGE  # before the process group: every rank read the same config and says the same
+    if getattr(e, "collective", False) and rank not in (None, 0):
+        return EXIT_USAGE
+    who = f"rank {rank}: " if rank is not None and world > 1 else ""
+    if isinstance(e, KeyboardInterrupt):
+        print("gandist: aborted (Ctrl-C)", file=sys.stderr)
+        return 130
+    if isinstance(e, user_errors()):
+        diverged = type(e).__name__ == "NonFiniteError"
+        print(f"gandist: error: {who}{e}", file=sys.stderr)
+        return EXIT_DIVERGED if diverged else EXIT_USAGE
+    if debug():
+        traceback.print_exception(e)
+    hint = "" if debug() else " (GANDIST_DEBUG=1 shows the traceback)"
+    print(f"gandist: error: {who}{type(e).__name__}: {e}{hint}", file=sys.stderr)
+    return 1
+
+
+def guarded(work: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run a command, turning any error into one line on stderr and its exit status (report)."""
 
     def run(args: argparse.Namespace) -> int:
         try:
             return work(args)
-        except errors as e:
-            return error(str(e))
+        except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - every error ends as one line and a status
+            return report(e)
 
     return run

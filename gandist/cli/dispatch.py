@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from gandist.cli import evaluate, generator, preflight, prepare, train
-from gandist.cli.args import Command, HelpFormatter, split_words
+from gandist.cli.args import Command, HelpFormatter, guarded, split_words
 
 COMMANDS = {
     c.name: c
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     command = COMMANDS[argv[0]]
     parser = command_parser(command)
     args = split_words(parser, parser.parse_intermixed_args(argv[1:]))
-    return command.run(args)
+    return guarded(command.run)(args)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from gandist.cli.args import add_config_arguments, error
+from gandist.cli.args import add_config_arguments
 
 NAME = "evaluate"
 
@@ -31,15 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the result as one JSON line (rank 0)."""
-    from gandist.config import ConfigError
-    from gandist.metrics import FeatureNetError
     from gandist.metrics.evaluate import evaluate
-    from gandist.training.checkpoint import CheckpointError
 
-    try:
-        record = evaluate(args.target, args.overrides, args.net, args.seed, config_file=args.config)
-    except (ConfigError, FeatureNetError, CheckpointError) as e:
-        return error(str(e))
+    record = evaluate(args.target, args.overrides, args.net, args.seed, config_file=args.config)
     if record is not None:
         print(json.dumps(record))
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gandist.cli.args import Command, guarded
+from gandist.cli.args import Command
 
 SOURCE_HELP = "a run folder (newest complete checkpoint), a checkpoint folder or its state.pt"
 FORMATS = ("png", "jpg", "webp", "npy")  # data.images.FORMATS, without importing it (a test keeps them equal)
@@ -70,13 +70,6 @@ def _common(p: argparse.ArgumentParser, seed: bool = True) -> None:
 
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (first GPU, else CPU), cpu, cuda, cuda:1, ...")
-
-
-def _errors() -> tuple[type[BaseException], ...]:
-    from gandist.generator.load import SamplingError
-    from gandist.training.checkpoint import CheckpointError
-
-    return (SamplingError, CheckpointError)
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -199,10 +192,7 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _command(name: str, doc: str, add_arguments, work) -> Command:
-    def run(args: argparse.Namespace) -> int:
-        return guarded(work, _errors())(args)
-
-    return Command(name, doc.splitlines()[0], doc, add_arguments, run)
+    return Command(name, doc.splitlines()[0], doc, add_arguments, work)
 
 
 COMMANDS = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from gandist.cli.args import add_config_arguments, error
+from gandist.cli.args import add_config_arguments
 
 NAME = "preflight"
 
@@ -44,11 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print one line describing the run, or the error."""
-    from gandist.config import ConfigError
-
-    try:
-        print(f"gandist preflight: ok: {check(args.config, args.overrides, args.world_size)}")
-    except (ConfigError, OSError) as e:
-        return error(str(e))
+    """Print one line describing the run (errors: one line from the dispatcher, exit 2)."""
+    print(f"gandist preflight: ok: {check(args.config, args.overrides, args.world_size)}")
     return 0

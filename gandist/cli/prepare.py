@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import re
 
-from gandist.cli.args import error
 from gandist.data.images import FORMATS, RESIZE_FILTERS
 
 NAME = "prepare"
@@ -66,33 +65,30 @@ def run(args: argparse.Namespace) -> int:
     """Run `gandist prepare` from parsed arguments; prints errors and returns the exit status."""
     from gandist.data.prepare import EncodeOptions, PrepareError, open_source, prepare
 
-    try:
-        for option, value in (("--resolution", args.resolution), ("--num-workers", args.num_workers)):
-            if value < 1:
-                raise PrepareError(f"{option} must be positive, got {value}")
-        if args.shard_size is not None and args.shard_size < 1:
-            raise PrepareError(f"--shard-size must be positive, got {args.shard_size}")
-        if args.shard_bytes is not None and args.shard_bytes < 1:
-            raise PrepareError(f"--shard-bytes must be positive, got {args.shard_bytes}")
-        source = open_source(args.src, args.split, args.labels)
-        channels = int(args.channels) if args.channels != "auto" else (source.channels or 3)
-        options = EncodeOptions(args.resolution, channels, args.format, args.resize, args.crop)
-        index = prepare(
-            source,
-            args.out_dir,
-            options,
-            name=args.name,
-            shard_size=args.shard_size or (0 if args.shard_bytes else 2000),
-            shard_bytes=args.shard_bytes or 0,
-            compress=args.compress,
-            num_workers=args.num_workers,
-            limit=args.limit,
-            seed=args.seed,
-            shuffle=not args.no_shuffle,
-            overwrite=args.overwrite,
-        )
-    except PrepareError as e:
-        return error(str(e))
+    for option, value in (("--resolution", args.resolution), ("--num-workers", args.num_workers)):
+        if value < 1:
+            raise PrepareError(f"{option} must be positive, got {value}")
+    if args.shard_size is not None and args.shard_size < 1:
+        raise PrepareError(f"--shard-size must be positive, got {args.shard_size}")
+    if args.shard_bytes is not None and args.shard_bytes < 1:
+        raise PrepareError(f"--shard-bytes must be positive, got {args.shard_bytes}")
+    source = open_source(args.src, args.split, args.labels)
+    channels = int(args.channels) if args.channels != "auto" else (source.channels or 3)
+    options = EncodeOptions(args.resolution, channels, args.format, args.resize, args.crop)
+    index = prepare(
+        source,
+        args.out_dir,
+        options,
+        name=args.name,
+        shard_size=args.shard_size or (0 if args.shard_bytes else 2000),
+        shard_bytes=args.shard_bytes or 0,
+        compress=args.compress,
+        num_workers=args.num_workers,
+        limit=args.limit,
+        seed=args.seed,
+        shuffle=not args.no_shuffle,
+        overwrite=args.overwrite,
+    )
     skipped = f", skipped {index['skipped']} unreadable" if index.get("skipped") else ""
     print(
         f"gandist prepare: {index['num_samples']} images ({index['resolution']} px, {index['channels']} channel(s), "

@@ -14,14 +14,16 @@ examples:
       gandist/train.py --config configs/fashion_mnist.yaml
 
 Overrides are key.sub=value (e.g. train.kimg=10 output_dir=runs run_name=try1), before or after --config.
-Exit status: 0 done, 75 stopped early and asking to be requeued (REQUEUE in the run folder), 2 bad config.
+Exit status: 0 done; 75 stopped early (signal, stop file, time budget) and asking to be requeued (REQUEUE in
+the run folder); 2 bad input (config, data, checkpoint, run folder); 3 training diverged (NaN/Inf); 130 aborted
+by a second Ctrl-C; 1 a crash (GANDIST_DEBUG=1 shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from gandist.cli.args import add_config_arguments, error
+from gandist.cli.args import add_config_arguments
 
 NAME = "train"
 
@@ -33,21 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the config and train (or print it)."""
-    from gandist.config import ConfigError, load_config, to_yaml
+    """Load the config and train (or print it); errors are reported by the dispatcher (args.report)."""
+    from gandist.config import load_config, to_yaml
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        return error(str(e))
+    cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
     from gandist.training.loop import train
     from gandist.training.stopping import REQUEUE_EXIT_CODE
 
-    try:
-        result = train(cfg)
-    except ConfigError as e:
-        return error(str(e))
+    result = train(cfg)
     return REQUEUE_EXIT_CODE if result.stopped_early else 0

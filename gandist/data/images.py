@@ -105,6 +105,18 @@ def _to_channels(array: np.ndarray, channels: int) -> np.ndarray:
     return array
 
 
+def eight_bit(image: Image.Image) -> Image.Image:
+    """A 16- or 32-bit grey image (PIL modes I;16*, I) scaled to 8 bits; others as they are.
+
+    PIL's own convert("L") clips such images at 255 (a 16-bit PNG turns white): the full range is scaled instead.
+    """
+    if not image.mode.startswith("I"):
+        return image
+    values = np.asarray(image).astype(np.int64)
+    top = 65535 if image.mode.startswith("I;16") or values.max(initial=0) <= 65535 else 2**31 - 1
+    return Image.fromarray(((values.clip(0, top) * 255 + top // 2) // top).astype(np.uint8), mode="L")
+
+
 def decode_array(sample: dict, channels: int) -> np.ndarray:
     """The image of a sample as uint8 H x W x C (C = `channels`, or 1 for a grey image); raises BadSample."""
     key = next((k for k in IMAGE_KEYS if k in sample), None)
@@ -113,7 +125,7 @@ def decode_array(sample: dict, channels: int) -> np.ndarray:
     try:
         if key == "npy":
             return _to_channels(_load_npy(sample[key]), channels)
-        image = Image.open(io.BytesIO(sample[key]))
+        image = eight_bit(Image.open(io.BytesIO(sample[key])))
         if image.mode != "L" and (channels == 1 or image.mode != "RGB"):
             image = image.convert("L" if channels == 1 else "RGB")
         return _to_channels(np.asarray(image), channels)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import multiprocessing
 import os
 import random
 import re
+import shutil
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,8 +24,9 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from gandist.data.images import IMAGE_KEYS, decode_array, encode_image, resize
+from gandist.data.images import IMAGE_KEYS, decode_array, eight_bit, encode_image, resize
 from gandist.data.shards import INDEX_NAME, ShardWriter, make_index, write_index
+from gandist.files import atomic_write_text
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
@@ -164,7 +167,7 @@ class ArraySource(Source):
 
 def _load_pil(data_or_path) -> np.ndarray:
     with Image.open(data_or_path) as image:
-        image = ImageOps.exif_transpose(image)
+        image = eight_bit(ImageOps.exif_transpose(image))
         if image.mode not in ("L", "RGB"):
             image = image.convert("RGB" if image.mode in ("RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV") else "L")
         return np.asarray(image)
@@ -411,14 +414,14 @@ def prepare(
     """
     out_dir = Path(out_dir)
     name = name or source.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    finish_interrupted_commit(out_dir, name)
     old = _existing_shards(out_dir, name)
     if old and not overwrite:
         raise PrepareError(f"{out_dir} already holds shards named {name}-*: pass --overwrite or choose another OUT_DIR")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if old:  # no index until the new set is complete: a crash must not leave the old index over new shards
-        (out_dir / INDEX_NAME).unlink(missing_ok=True)
-    for stale in out_dir.glob(f".{name}-*.tmp*"):  # left by a crashed run: never complete
-        stale.unlink()
+    for stale in [*out_dir.glob(f".{name}-*.tmp*"), *out_dir.glob(f".prepare-{name}.tmp*")]:  # crashed runs
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    staging = out_dir / f".prepare-{name}.tmp{os.getpid()}"  # the old dataset stays whole until this one is
     if items is None:
         items = _source_items(source, limit, shuffle, seed)
     total = len(items) if isinstance(items, list) else getattr(source, "total", None)
@@ -428,19 +431,50 @@ def prepare(
     skipped: list[str] = []
     try:
         with _encoded(source, options, items, num_workers) as results:
-            with ShardWriter(out_dir, name, shard_size, shard_bytes, compress) as writer:
+            with ShardWriter(staging, name, shard_size, shard_bytes, compress) as writer:
                 for chunk in results:
                     _write_chunk(writer, chunk, options.fmt, skipped, bar)
+        if writer.count == 0:
+            raise PrepareError(f"{source.description}: no usable image (skipped {len(skipped)}: {skipped[:3]})")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     finally:
         bar.close()
-    if writer.count == 0:
-        raise PrepareError(f"{source.description}: no usable image (skipped {len(skipped)}: {skipped[:3]})")
     index = make_index(name, writer, options.fmt, _dataset_info(source, options, compress, skipped, meta))
-    write_index(out_dir, index)
-    for path in old:
-        if path not in writer.paths:
-            path.unlink(missing_ok=True)  # shards of an earlier, larger run would be mistaken for this one's
+    write_index(staging, index)
+    journal = out_dir / f".{name}.commit.json"
+    plan = {"staging": staging.name, "new": [p.name for p in writer.paths], "old": [p.name for p in old]}
+    atomic_write_text(journal, json.dumps(plan) + "\n")
+    _commit(out_dir, journal)
     return index
+
+
+def _commit(out_dir: Path, journal: Path) -> None:
+    """Move a complete staged dataset into place: its shards, then the old ones away, then its index last.
+
+    Every step can be repeated: an interrupted commit is finished by the next `prepare` in that folder.
+    """
+    plan = json.loads(journal.read_text())
+    staging = out_dir / plan["staging"]
+    if staging.is_dir():
+        new = plan["new"]
+        for shard in new:
+            if (staging / shard).is_file():
+                os.replace(staging / shard, out_dir / shard)
+        for stale in set(plan["old"]) - set(new):  # shards of an earlier, larger set would be taken for this one's
+            (out_dir / stale).unlink(missing_ok=True)
+        if (staging / INDEX_NAME).is_file():
+            os.replace(staging / INDEX_NAME, out_dir / INDEX_NAME)
+        shutil.rmtree(staging)
+    journal.unlink()
+
+
+def finish_interrupted_commit(out_dir: Path, name: str) -> None:
+    """Complete the commit of a dataset whose staging was complete when its prepare was interrupted."""
+    journal = out_dir / f".{name}.commit.json"
+    if journal.is_file():
+        _commit(out_dir, journal)
 
 
 def _source_items(source: Source, limit: int, shuffle: bool, seed: int):

@@ -21,6 +21,7 @@ H x W x C, and `to_device_float` gives the model the memory format it wants on t
 from __future__ import annotations
 
 import random
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import torch
 
 from gandist.data.images import BadSample, decode_array
 from gandist.data.shards import TruncatedShard
-from gandist.data.specs import DataError, iter_shard
+from gandist.data.specs import STOP_READS, DataError, ReadsStopped, iter_shard
 
 _WARN_FIRST = 3  # bad samples described on stderr per worker; the rest are only counted
 
@@ -82,6 +83,8 @@ class StreamSpec:
     """The spec as the user wrote it, for messages."""
     skip_batches: int = 0
     """Batches this rank already took from this stream (a resumed run continues where it stopped)."""
+    timeout_s: float = 0.0
+    """Longest wait for the next bytes of a remote shard (pipe:, http); 0: no bound."""
 
 
 def stream_seed(seed: int, rank: int, worker: int, restart: int) -> int:
@@ -94,8 +97,18 @@ class _Health:
 
     def __init__(self, spec: StreamSpec, worker: int):
         self.spec, self.worker = spec, worker
-        self.read = self.bad = 0
+        self.read = self.bad = self.bad_shards = 0
         self.first: str | None = None
+
+    def unreadable(self, url: str, reason: str) -> None:
+        """A whole shard could not be read: counted apart from bad samples."""
+        self.bad_shards += 1
+        if self.bad_shards <= _WARN_FIRST:
+            print(
+                f"gandist data: skipped shard {url}: cannot be read: {reason[:300]} "
+                f"(rank {self.spec.rank} worker {self.worker}); counted in data/bad_shards",
+                file=sys.stderr,
+            )
 
     def skip(self, what: str, reason: str) -> None:
         spec = self.spec
@@ -121,10 +134,11 @@ class _Health:
 
 
 class ShardStream(torch.utils.data.IterableDataset):
-    """One rank's stream of (images, labels, bad, read) batches, formed in the worker.
+    """One rank's stream of (images, labels, bad, read, bad_shards) batches, formed in the worker.
 
     images: uint8 N x C x H x W (channels-last storage); labels: int64 N, -1 where a sample has no
-    `cls`; bad / read: samples skipped / read by this worker since its previous batch.
+    `cls`; bad / read / bad_shards: samples skipped / read, and shards that could not be read, by this
+    worker since its previous batch.
     """
 
     def __init__(self, spec: StreamSpec):
@@ -144,20 +158,24 @@ class ShardStream(torch.utils.data.IterableDataset):
         for url in shards:
             read_before = health.read
             try:
-                for sample in iter_shard(url):
+                for sample in iter_shard(url, self.spec.timeout_s, self.spec.source):
                     health.read += 1
                     yield sample
             except TruncatedShard as e:
-                health.read += 1
-                health.skip(f"the rest of shard {url}", str(e))
+                if health.read == read_before:  # not one sample: the whole shard is unreadable
+                    health.unreadable(url, str(e))
+                else:
+                    health.read += 1
+                    health.skip(f"the rest of shard {url}", str(e))
             except OSError as e:
-                health.read += 1
-                health.skip(f"shard {url}", f"cannot be read: {e}")
+                health.unreadable(url, str(e))
+            except ReadsStopped:  # this worker is being stopped (SIGTERM): end the stream quietly
+                return
             empty_in_a_row = 0 if health.read > read_before else empty_in_a_row + 1
             if empty_in_a_row >= 10 * len(self.spec.urls) + 10:  # an endless stream would spin forever
                 raise DataError(f"data.shards={self.spec.source!r}: {empty_in_a_row} shards in a row held no sample")
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, int]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, int, int]]:
         spec = self.spec
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -182,14 +200,15 @@ class ShardStream(torch.utils.data.IterableDataset):
 
         images, labels = new_batch()
         pixels, classes = images.numpy(), labels.numpy()  # the same memory: numpy indexing is cheaper per image
-        n, reported_bad, reported_read = 0, 0, 0
+        n, reported_bad, reported_read, reported_shards = 0, 0, 0, 0
 
-        def emit(count: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-            nonlocal reported_bad, reported_read
+        def emit(count: int) -> tuple[torch.Tensor, torch.Tensor, int, int, int]:
+            nonlocal reported_bad, reported_read, reported_shards
             out = images[:count].permute(0, 3, 1, 2), labels[:count]
             bad, read = health.bad - reported_bad, health.read - reported_read
-            reported_bad, reported_read = health.bad, health.read
-            return *out, bad, read
+            shards = health.bad_shards - reported_shards
+            reported_bad, reported_read, reported_shards = health.bad, health.read, health.bad_shards
+            return *out, bad, read, shards
 
         def picks() -> Iterator[dict]:  # a shuffle buffer of still-encoded samples
             for sample in samples:
@@ -231,7 +250,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                 pixels, classes = images.numpy(), labels.numpy()
                 n = 0
         health.check(final=True)
-        if n or health.read > reported_read:  # the rest of a finite stream (an empty batch still carries counts)
+        if n or health.read > reported_read or health.bad_shards > reported_shards:  # the rest of a finite stream
             yield emit(n)
 
 
@@ -240,30 +259,48 @@ class ShardLoader:
 
     def __init__(self, dataloader: torch.utils.data.DataLoader):
         self.dataloader = dataloader
-        self.bad = self.read = 0  # this tick, this rank
-        self.bad_total = 0  # this job (since the start or resume), all ranks, as of the last tick
+        self.bad = self.read = self.bad_shards = 0  # this tick, this rank
+        self.bad_total = self.bad_shards_total = 0  # this job (since the start or resume), all ranks
+        self._iterator = None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # start the DataLoader now, not at the first next(): it draws its base seed from torch's
         # global generator, and the caller may want to fence that off (exact resume)
-        return self._counted(iter(self.dataloader))
+        self._iterator = iter(self.dataloader)
+        return self._counted(self._iterator)
+
+    def close(self) -> None:
+        """Stop the loader's worker processes now (before a checkpoint: a worker that exits later is no error)."""
+        iterator, self._iterator = self._iterator, None
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
     def _counted(self, batches: Iterator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels, bad, read in batches:
+        for images, labels, bad, read, bad_shards in batches:
             self.bad += bad
             self.read += read
+            self.bad_shards += bad_shards
             if len(images):
                 yield images, labels
 
     def tick_stats(
         self, reduce_mean: Callable[[torch.Tensor], torch.Tensor], world_size: int, device: torch.device
     ) -> dict:
-        """Bad samples of this tick and of the run, summed over ranks (a collective: all ranks call it)."""
-        local = torch.tensor([self.bad, self.read], dtype=torch.float64, device=device)
-        bad, read = (reduce_mean(local) * world_size).round().long().tolist()
-        self.bad = self.read = 0
+        """Bad samples and unreadable shards of this tick and of the run, summed over ranks (a collective: all
+        ranks call it)."""
+        local = torch.tensor([self.bad, self.read, self.bad_shards], dtype=torch.float64, device=device)
+        bad, read, bad_shards = (reduce_mean(local) * world_size).round().long().tolist()
+        self.bad = self.read = self.bad_shards = 0
         self.bad_total += bad
-        return {"data/bad_samples": bad, "data/bad_total": self.bad_total, "data/samples_read": read}
+        self.bad_shards_total += bad_shards
+        return {
+            "data/bad_samples": bad,
+            "data/bad_total": self.bad_total,
+            "data/samples_read": read,
+            "data/bad_shards": bad_shards,
+            "data/bad_shards_total": self.bad_shards_total,
+        }
 
 
 def make_loader(spec: StreamSpec, num_workers: int, prefetch_factor: int = 4, pin_memory: bool = False) -> ShardLoader:
@@ -282,9 +319,26 @@ def make_loader(spec: StreamSpec, num_workers: int, prefetch_factor: int = 4, pi
         )
     kwargs = {"prefetch_factor": prefetch_factor, "persistent_workers": True} if num_workers > 0 else {}
     dataloader = torch.utils.data.DataLoader(
-        ShardStream(spec), batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs
+        ShardStream(spec),
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        worker_init_fn=leave_signals_to_the_trainer,
+        **kwargs,
     )
     return ShardLoader(dataloader)
+
+
+def leave_signals_to_the_trainer(_worker_id: int = 0) -> None:
+    """In a loader worker: the stop signals that reach the whole process group are the trainer's to act on.
+
+    Ctrl-C and USR1/USR2 are ignored; SIGTERM only ends a wait for a stalled shard (the trainer is stopping),
+    so the worker stays until the trainer shuts it down and a stop never finds a dead worker.
+    """
+    for name in ("SIGINT", "SIGUSR1", "SIGUSR2"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: STOP_READS.set())
 
 
 def to_device_float(images: torch.Tensor, device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:

@@ -25,6 +25,7 @@ from gandist.config import ConfigError, from_dict, to_dict
 from gandist.files import atomic_write
 from gandist.generator.load import SamplingError, TrainedGenerator, load_trained, prepare_for_inference
 from gandist.generator.sample import check_out_path
+from gandist.loading import UnsafeFile, load_exported
 from gandist.models import build_generator
 
 FORMAT = "gandist-generator/1"
@@ -114,7 +115,10 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> nn.M
         return _from_safetensors(path, device)
     if path.is_file() and path.suffix == ".pt2":
         extra = {"gandist.json": ""}
-        G = torch.export.load(str(path), extra_files=extra).module().to(device)
+        try:
+            G = load_exported(path, extra_files=extra).module().to(device)
+        except UnsafeFile as e:
+            raise SamplingError(str(e)) from None
         info = json.loads(extra["gandist.json"] or "{}")
         G.z_dim, G.num_classes = info.get("z_dim"), info.get("num_classes", 0)
         return G

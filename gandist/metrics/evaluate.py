@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from gandist.config import apply_file, apply_overrides, from_dict
+from gandist.config import Config, ConfigError, apply_file, apply_overrides, from_dict, keys_given
 from gandist.metrics.evaluator import Evaluator
 from gandist.metrics.reference import ReferenceSpec
 from gandist.models import build_generator
@@ -40,6 +40,7 @@ def evaluate(
         apply_file(cfg, config_file)
     apply_overrides(cfg, overrides)
     cfg.validate()
+    refuse_stored_commands(cfg, keys_given(config_file, overrides), folder)
     strategy = Strategy(make_accelerator(cfg.strategy), "fp32")
     try:
         m = cfg.model
@@ -60,3 +61,23 @@ def evaluate(
         return record
     finally:
         strategy.close()
+
+
+def refuse_stored_commands(cfg: Config, given: set[str], folder: Path) -> None:
+    """Refuse to run what a checkpoint's stored config would run as code (a `pipe:` shard command, a feature net
+    built by importing a module) unless this user gave that setting: a run downloaded from elsewhere must not run
+    commands by being evaluated."""
+    reference_key = "metrics.reference" if cfg.metrics.reference else "data.shards"
+    reference = cfg.metrics.reference or cfg.data.shards
+    if "pipe:" in reference and reference_key not in given:
+        raise ConfigError(
+            f"the config saved in {folder} reads the reference images with a shell command ({reference_key}="
+            f"{reference!r}); gandist evaluate runs no command that came with a checkpoint: pass "
+            f"metrics.reference=... yourself (shards, or that pipe: command if you trust it)"
+        )
+    net = cfg.metrics.feature_net
+    if "@" in net and ":" in net.split("@", 1)[0] and "metrics.feature_net" not in given:
+        raise ConfigError(
+            f"the config saved in {folder} builds its feature network by importing code (metrics.feature_net="
+            f"{net!r}); gandist evaluate imports nothing a checkpoint names: pass metrics.feature_net=... yourself"
+        )

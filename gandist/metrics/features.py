@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from gandist.config import ConfigError
+from gandist.loading import load_exported
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -129,7 +130,7 @@ def load_feature_net(spec: str, device: torch.device | str = "cpu") -> FeatureNe
             "or package.module:factory@/path/to/weights.pt"
         )
     try:
-        module = torch.export.load(str(path)).module() if path.suffix == ".pt2" else _load_torchscript(path)
+        module = load_exported(path).module() if path.suffix == ".pt2" else _load_torchscript(path)
     except Exception as e:
         kind = "an exported program (torch.export.save)" if path.suffix == ".pt2" else "a TorchScript file"
         raise FeatureNetError(

@@ -117,6 +117,9 @@ class Strategy:
         self.nets: dict[str, _Net] = {}
         if self.world_size == 1:
             self.name = "single"
+        self._cpu_group = None  # collectives on host values (votes, flags): gloo, never a device sync
+        if self.world_size > 1 and torch.distributed.get_backend() != "gloo":
+            self._cpu_group = torch.distributed.new_group(backend="gloo")
 
     def describe(self) -> str:
         """One line for the start-up message."""
@@ -351,10 +354,17 @@ class Strategy:
         torch.distributed.all_gather(parts, padded.contiguous())
         return torch.cat([part[:n] for part, n in zip(parts, counts)])
 
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank iff `flag` is True on any rank: a collective on the host (no device sync)."""
+        if self.world_size == 1:
+            return bool(flag)
+        value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX, group=self._cpu_group)
+        return bool(value.item())
+
     def all_ok(self, ok: bool) -> bool:
-        """True on every rank iff `ok` is True on every rank (a collective)."""
-        flag = torch.tensor([0.0 if ok else 1.0], device=self.device)
-        return self.reduce_max(flag).item() == 0
+        """True on every rank iff `ok` is True on every rank (a collective on the host)."""
+        return not self.any_rank(not ok)
 
     def sync_buffers(self, module: nn.Module) -> None:
         """Copy rank 0's buffers (BatchNorm running statistics) to every rank.

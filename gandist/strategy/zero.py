@@ -29,6 +29,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from gandist.config import ConfigError
+from gandist.loading import UnsafeFile, load_plain
 from gandist.strategy.base import Strategy, _Net
 from gandist.strategy.launch import StrategyPlan
 from gandist.strategy.zero_config import build_deepspeed_config
@@ -265,6 +266,19 @@ class ZeroStrategy(Strategy):
         for name, engine in self.engines.items():
             engine.save_checkpoint(str(Path(folder) / f"ds_{name}"), tag=TAG, save_latest=False)
 
+    def _check_engine_files(self, folder: Path) -> None:
+        """Refuse engine files that hold more than plain data and DeepSpeed's own record types: DeepSpeed reads
+        them with a full unpickler, which would run code from a file that came from elsewhere."""
+        from deepspeed.runtime.fp16.loss_scaler import LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        for file in sorted(folder.glob("ds_*/**/*.pt")):
+            try:
+                load_plain(file, safe_types=(LossScaler, ZeroStageEnum, fragment_address))
+            except UnsafeFile as e:
+                raise ConfigError(f"checkpoint {folder}: {e}; do not resume from it") from None
+
     def load_state(self, folder: Path, shared: dict) -> None:
         """Restore both engines (weights, optimizer shards, loss scales) from folder/ds_G and folder/ds_D."""
         saved_world = shared.get("world_size", self.world_size)
@@ -276,6 +290,7 @@ class ZeroStrategy(Strategy):
                 f"gandist does not load yet. The full G, D and G_ema are in {folder}/state.pt: `gandist export "
                 f"{folder}` for sampling and generating"
             )
+        self._check_engine_files(Path(folder))
         for name, engine in self.engines.items():
             path = Path(folder) / f"ds_{name}"
             if not (path / TAG).is_dir():

@@ -23,7 +23,7 @@ class NonFiniteError(RuntimeError):
 def roll_back(state: TrainState, run_dir: Path, say: Callable[[str], None]) -> None:
     """Reload the newest complete checkpoint after persistent non-finite steps, or raise NonFiniteError."""
     faults = state.cfg.faults
-    last = checkpoint.latest_checkpoint(run_dir)
+    last = state.strategy.broadcast_object(checkpoint.latest_intact(run_dir, say) if state.strategy.is_main else None)
     progress = state.progress
     if last is None or progress.rollbacks >= faults.max_rollbacks:
         raise NonFiniteError(

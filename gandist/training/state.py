@@ -58,6 +58,8 @@ class TrainState:
     """The augmentation pipeline (its adaptive probability is state), or None."""
     lecam: object | None = None
     """The LeCam regulariser (its EMAs of D's outputs are state), or None."""
+    optimizers: dict = field(default_factory=dict)
+    """Each net's optimizer settings in effect (OptimizerConfig): after a resume they win over the checkpoint's."""
     progress: Progress = field(default_factory=Progress)
 
     def shared_state(self, nets: dict) -> dict:
@@ -116,6 +118,7 @@ class TrainState:
             raise
         except (KeyError, RuntimeError, ValueError) as e:
             raise checkpoint.CheckpointError(f"checkpoint {path} does not fit this run's nets: {e}") from e
+        self._apply_optimizer_settings()
         self.noise.set_state(shared["noise"].to(self.noise.get_state().device))
         for name in ("augment", "lecam"):
             if getattr(self, name) is not None and shared.get(name) is not None:
@@ -128,6 +131,15 @@ class TrainState:
             torch.set_rng_state(own["cpu_rng"])
             if "cuda_rng" in own and torch.cuda.is_available():
                 torch.cuda.set_rng_state(own["cuda_rng"])
+
+    def _apply_optimizer_settings(self) -> None:
+        """The config's learning rates, betas, eps and weight decay, over those a checkpoint's optimizer state
+        brought back (its moments stay): a resumed job trains with what its config.yaml says."""
+        for name, opt_cfg in self.optimizers.items():
+            for group in self.strategy.optimizer(name).param_groups:
+                group.update(
+                    lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay
+                )
 
 
 def data_key(cfg: Config, world_size: int) -> str:

@@ -96,6 +96,7 @@ def _count_bad_steps(run: Run, ok: bool) -> None:
     run.phases.stats.add("faults/nonfinite_frac", torch.full((), 0.0 if ok else 1.0, device=run.device))  # no copy
     run.bad_in_a_row = 0 if ok else run.bad_in_a_row + 1
     run.progress.skipped_steps += 0 if ok else 1
+    run.skipped_this_job += 0 if ok else 1
     if run.bad_in_a_row >= run.cfg.faults.max_bad_steps:
         roll_back(run.state, run.run_dir, run.reporter.message)
         run.bad_in_a_row = 0

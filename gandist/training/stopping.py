@@ -1,27 +1,41 @@
-"""Stopping early on request: signals, a stop file, a wall-time budget; all ranks agree.
+"""Stopping early on request: signals, a stop file, a wall-time budget, a launcher that died; all ranks agree.
 
-SIGTERM, SIGUSR1 and SIGUSR2 only set a flag (the handler does no I/O). Every
-`check_every` steps the ranks all-reduce (max) their flags, so they all stop after the same step,
-save a checkpoint and exit with `REQUEUE_EXIT_CODE`. Rank 0 also writes `REQUEUE` into the run
-folder: launchers such as torchrun report their own exit code, so batch scripts look for the
+Signals reach every process of a job at once (the launcher's agent, `kill -TERM -<pgid>`, SLURM and
+Kubernetes signal whole process groups): the trainer of each rank takes them, its DataLoader workers
+ignore them (stream.py). The handler only notes the request, except
+
+- while the rank waits for data (a stalled shard), where it interrupts the wait: the rank then has
+  no batch, takes no step, and stops with the others after its last completed step;
+- on a second Ctrl-C, which aborts at once (the first one stops gracefully, like SIGTERM).
+
+Before every step the ranks vote (a CPU all-reduce: no device sync) whether any of them wants to stop,
+so they all stop after the same step, save a checkpoint and exit with `REQUEUE_EXIT_CODE`. The stop
+file and the time budget are looked at every `check_every` steps. Rank 0 also writes `REQUEUE` into
+the run folder: launchers such as torchrun report their own exit code, so batch scripts look for the
 file (see slurm/).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
-
-import torch
 
 from gandist.files import atomic_write_text
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"
 REQUEUE_MARKER = "REQUEUE"
-SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")
+_PR_SET_PDEATHSIG = 1
+
+
+class StopWhileWaiting(Exception):
+    """A stop was requested while this rank waited for data: it has no batch for the next step."""
 
 
 class StopRequested:
@@ -33,6 +47,8 @@ class StopRequested:
         self.check_every = max(1, check_every)
         self.signal_name: str | None = None
         self.reason: str | None = None
+        self._waiting = False
+        self._interrupts = 0
         self._previous: dict[int, object] = {}
 
     def install(self) -> None:
@@ -43,33 +59,84 @@ class StopRequested:
                 self._previous[signum] = signal.signal(signum, self._handle)
 
     def uninstall(self) -> None:
+        """Give the signals back to the handlers that were there before."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
 
     def _handle(self, signum: int, _frame) -> None:
-        self.signal_name = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if name == "SIGINT":
+            self._interrupts += 1
+            if self._interrupts > 1:
+                raise KeyboardInterrupt  # the second Ctrl-C: abort now
+            if os.environ.get("RANK", "0") == "0":
+                print("gandist: Ctrl-C: stopping with a checkpoint; Ctrl-C again to abort", file=sys.stderr, flush=True)
+        self.signal_name = self.signal_name or name
+        if self._waiting:
+            raise StopWhileWaiting(name)
 
-    def local_reason(self) -> str | None:
-        """Why this rank wants to stop, or None."""
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """A wait (for data) that a stop request interrupts with StopWhileWaiting."""
+        if self.signal_name:
+            raise StopWhileWaiting(self.signal_name)
+        self._waiting = True
+        try:
+            yield
+        finally:
+            self._waiting = False
+
+    def local_reason(self, step: int) -> str | None:
+        """Why this rank wants to stop before `step`, or None (the stop file and the clock every check_every)."""
         if self.signal_name:
             return f"signal {self.signal_name}"
+        if step % self.check_every:
+            return None
         if self.stop_file is not None and self.stop_file.exists():
             return f"stop file {self.stop_file}"
         if self.deadline is not None and time.monotonic() >= self.deadline:
             return "stop_after_minutes reached"
         return None
 
-    def should_stop(self, step: int, reduce_max: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> bool:
-        """Collective (every rank must call it at the same steps): True on all ranks if any rank wants to stop."""
-        if step % self.check_every:
-            return False
-        local = self.local_reason()
-        flag = torch.tensor([1.0 if local else 0.0], device=device)
-        if reduce_max(flag).item() > 0:
+    def vote(self, step: int, any_rank) -> bool:
+        """Collective (every rank, before every step): True on all ranks if any rank wants to stop.
+
+        `any_rank(flag)` is the strategy's CPU all-reduce of a flag.
+        """
+        local = self.local_reason(step)
+        if any_rank(local is not None):
             self.reason = local or "another rank asked to stop"
             return True
         return False
+
+
+def stop_with_parent() -> bool:
+    """Under a launcher, ask the kernel for SIGTERM when the launcher dies (Linux): a rank whose launcher was
+    killed then checkpoints and stops instead of training on as an orphan. True if that was arranged."""
+    if not any(k in os.environ for k in ("TORCHELASTIC_RUN_ID", "LOCAL_RANK")) or not sys.platform.startswith("linux"):
+        return False
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent:  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
+
+
+def clear_stale_stop_file(path: Path, started: float) -> bool:
+    """Remove a stop file older than this job (left by an earlier stop); True if there was one."""
+    try:
+        if path.stat().st_mtime < started:
+            path.unlink()
+            return True
+    except FileNotFoundError:
+        pass
+    return False
 
 
 def write_requeue_marker(run_dir: Path, reason: str, kimg: float) -> None:

@@ -1,11 +1,10 @@
-"""Maintenance between steps: the stop vote, then whatever is due: metrics, the tick record, a grid, a checkpoint.
+"""Maintenance between steps, whatever is due: metrics, the tick record, a grid, a checkpoint.
 
-    every faults.check_every steps:  all ranks agree whether to stop early (signal, stop file, time budget)
     every metrics.interval_kimg:     all ranks generate and embed a share; rank 0 computes FID/KID/PR
     every train.tick_kimg:           stats reduced across ranks; rank 0 writes stats.jsonl, trackers, the bar
     every train.snapshot_kimg:       rank 0 writes a G_ema grid of the fixed noise to samples/
     every train.checkpoint_kimg:     all ranks save (state.py, checkpoint.py)
-    at the end of the budget, or stopping early: metrics and the tick record once more (the finish does the rest)
+    at the end of the budget: metrics and the tick record once more (the finish does the rest)
 
 G_ema's BatchNorm statistics are re-estimated for its averaged weights before it is used.
 """
@@ -27,11 +26,9 @@ if TYPE_CHECKING:
 
 
 def maintain(run: Run) -> None:
-    """After each step: the stop vote, then what is due. Collective: every rank calls it after every step."""
+    """After each step, what is due. Collective: every rank calls it after every step."""
     nimg = run.progress.nimg
     done = run.budget_reached
-    if not done and run.stopper.should_stop(run.progress.step, run.strategy.reduce_max, run.device):
-        done = run.stopped_early = True
     if run.metrics.due(nimg) or (done and run.evaluator is not None):
         measure(run)
     if run.ticks.due(nimg) or done:
@@ -114,8 +111,11 @@ def write_tick(run: Run) -> None:
     if run.phases.guard:
         record["faults/skipped_steps"] = progress.skipped_steps
         record["faults/rollbacks"] = progress.rollbacks
-    if record["data/bad_samples"]:
-        run.reporter.message(f"gandist: skipped {record['data/bad_samples']} bad sample(s) this tick")
+    if record["data/bad_samples"] or record["data/bad_shards"]:
+        run.reporter.message(
+            f"gandist: skipped {record['data/bad_samples']} bad sample(s) and {record['data/bad_shards']} "
+            "unreadable shard(s) this tick"
+        )
     if s.device.type == "cuda":
         record["gpu_mem_gib"] = round(torch.cuda.max_memory_allocated(s.device) / 2**30, 3)
     run.reporter.tick(record)

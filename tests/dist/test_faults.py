@@ -175,7 +175,7 @@ def test_a_failing_rank_ends_the_job_quickly_and_is_named(tmp_path):
     )
     assert proc.returncode != 0
     assert time.monotonic() - t0 < 90
-    assert "gandist: rank 1 failed: RuntimeError: debug.fail_at_step=3" in proc.stderr + proc.stdout
+    assert "gandist: error: rank 1: RuntimeError: debug.fail_at_step=3" in proc.stderr + proc.stdout
 
 
 def test_kill_during_checkpoint_write_resumes_from_the_previous_one(tmp_path):

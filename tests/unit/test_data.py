@@ -50,9 +50,9 @@ def _numbered_shards(folder, sizes, fmt="png", name="num", res=32):
 def test_embedded_dataset_is_real_shards():
     urls = expand_shards("")
     assert len(urls) == 6 and all(u.endswith(".tar.gz") for u in urls)
-    images, labels, bad, read = next(iter(ShardStream(_spec(urls))))
+    images, labels, bad, read, bad_shards = next(iter(ShardStream(_spec(urls))))
     assert images.dtype == torch.uint8 and images.shape == (8, 1, 32, 32)
-    assert labels.min() >= 0 and labels.max() <= 9 and bad == 0 and read >= 8
+    assert labels.min() >= 0 and labels.max() <= 9 and bad == bad_shards == 0 and read >= 8
     assert images.float().std() > 20  # real pictures, not blank
 
 
@@ -83,7 +83,7 @@ def test_http_shards_through_curl(tiny_shards, tmp_path):
         url = f"http://127.0.0.1:{server.server_address[1]}/tiny-{{000000..000001}}.tar"
         urls = expand_shards(url)
         assert len(urls) == 2
-        images, labels, bad, _ = next(iter(ShardStream(_spec(urls, shuffle_buffer=0, finite=True))))
+        images, labels, bad, _, _ = next(iter(ShardStream(_spec(urls, shuffle_buffer=0, finite=True))))
         assert images.shape == (8, 1, 32, 32) and bad == 0
     finally:
         server.shutdown()
@@ -212,12 +212,14 @@ def test_truncated_tar_and_gzip_shards_are_skipped_and_counted(tmp_path):
     gz = tmp_path / "cut.tar.gz"
     gz.write_bytes(gzip.compress(raw)[: len(gzip.compress(raw)) // 2])
     batches = list(ShardStream(_spec([str(gz)], batch_per_gpu=4, finite=True, max_bad_frac=1.0)))
-    assert sum(b[2] for b in batches) == 1 and len(torch.cat([b[1] for b in batches])) < 20
+    # counted once: a bad sample (the rest of the shard) if some samples came out, else an unreadable shard
+    assert sum(b[2] + b[4] for b in batches) == 1 and len(torch.cat([b[1] for b in batches])) < 20
 
 
-def test_failing_pipe_is_a_bad_shard(tmp_path):
+def test_a_shard_that_cannot_be_read_is_a_bad_shard_not_a_bad_sample(tmp_path):
     batches = list(ShardStream(_spec(["pipe:exit 3"], finite=True, max_bad_frac=1.0)))
-    assert sum(b[2] for b in batches) == 1 and all(len(b[0]) == 0 for b in batches)
+    assert sum(b[4] for b in batches) == 1 and sum(b[2] for b in batches) == 0
+    assert all(len(b[0]) == 0 for b in batches)
 
 
 def test_too_many_bad_samples_stop_with_an_error_naming_the_spec(tmp_path):
@@ -247,11 +249,11 @@ def test_all_formats_decode_and_convert_channels(tmp_path):
     for fmt in ("png", "npy", "jpg", "webp"):
         write_shards(rgb, tmp_path / fmt, "rgb", shard_size=8, fmt=fmt)
         url = str(tmp_path / fmt / "rgb-000000.tar")
-        images, labels, _, _ = next(iter(ShardStream(_spec([url], channels=3, shuffle_buffer=0))))
+        images, labels, *_ = next(iter(ShardStream(_spec([url], channels=3, shuffle_buffer=0))))
         assert images.shape == (8, 3, 32, 32) and (labels == -1).all()
         error = (images[0].permute(1, 2, 0).float() - torch.from_numpy(rgb[0][0]).float()).abs().mean()
         assert error == 0 if fmt in ("png", "npy") else error < 8, (fmt, error)
-        grey, _, _, _ = next(iter(ShardStream(_spec([url], channels=1, shuffle_buffer=0))))
+        grey, *_ = next(iter(ShardStream(_spec([url], channels=1, shuffle_buffer=0))))
         expected = np.array(Image.fromarray(rgb[0][0]).convert("L"))
         if fmt in ("png", "npy"):  # the npy fast path computes PIL's luma exactly
             assert torch.equal(grey[0, 0], torch.from_numpy(expected)), fmt
@@ -262,9 +264,9 @@ def test_grey_to_rgb_and_flip(tmp_path):
     grey = [((rng.random((32, 32)) * 255).astype(np.uint8), i) for i in range(16)]
     write_shards(grey, tmp_path, "g", shard_size=16, fmt="png")
     url = str(tmp_path / "g-000000.tar")
-    images, labels, _, _ = next(iter(ShardStream(_spec([url], channels=3, batch_per_gpu=16, shuffle_buffer=0))))
+    images, labels, *_ = next(iter(ShardStream(_spec([url], channels=3, batch_per_gpu=16, shuffle_buffer=0))))
     assert torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 0], images[:, 2])
-    flipped, labels, _, _ = next(iter(ShardStream(_spec([url], batch_per_gpu=16, shuffle_buffer=0, xflip=True))))
+    flipped, labels, *_ = next(iter(ShardStream(_spec([url], batch_per_gpu=16, shuffle_buffer=0, xflip=True))))
     plain = [torch.equal(flipped[i, 0], torch.from_numpy(grey[j][0])) for i, j in enumerate(labels.tolist())]
     mirrored = [torch.equal(flipped[i, 0], torch.from_numpy(grey[j][0][:, ::-1].copy())) for i, j in enumerate(labels)]
     assert all(p != m for p, m in zip(plain, mirrored)) and 0 < sum(mirrored) < 16

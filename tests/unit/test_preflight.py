@@ -41,10 +41,7 @@ def test_command_line_exit_codes(capsys, tiny_shards):
     assert main(["preflight", "--world-size", "2", "--config", TINY, f"data.shards={tiny_shards}"]) == 0
     assert "gandist preflight: ok: 2 process(es)" in capsys.readouterr().out
     assert main(["preflight", "--world-size", "2", "--config", TINY, "data.shards=/nonexistent/x.tar"]) == 2
-    assert (
-        "gandist: error: data.shards='/nonexistent/x.tar': shard /nonexistent/x.tar"
-        in capsys.readouterr().err
-    )
+    assert "gandist: error: data.shards='/nonexistent/x.tar': shard /nonexistent/x.tar" in capsys.readouterr().err
 
 
 def test_overrides_and_config_in_any_order(capsys, tiny_shards):

@@ -1,5 +1,7 @@
 import gzip
+import io
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -10,8 +12,7 @@ from PIL import Image
 
 from gandist.cli import main as gandist
 from gandist.data.images import resize
-from gandist.data.prepare import FASHION_MNIST_DIR, EncodeOptions, Source, prepare
-from gandist.data.shards import iter_tar
+from gandist.data.prepare import FASHION_MNIST_DIR, EncodeOptions, PrepareError, Source, open_source, prepare
 from gandist.data.specs import expand_shards
 from gandist.data.stream import ShardStream, StreamSpec, iter_shard
 from tests.conftest import BIN, ROOT
@@ -134,14 +135,65 @@ class _Crashing(Source):
         return np.full((32, 32), item, np.uint8), None
 
 
-def test_a_crash_leaves_only_complete_shards_and_no_index(tmp_path):
+def test_a_crash_leaves_the_old_dataset_as_it_was(tmp_path):
+    old = prepare(_Counting(40), tmp_path, EncodeOptions(), name="crash", shard_size=10, shuffle=False)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(KeyboardInterrupt):
-        prepare(_Crashing(), tmp_path, EncodeOptions(), shard_size=10, shuffle=False)
-    # 128 samples were encoded (two chunks of 64): 12 complete shards; the 13th was being written
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"crash-{i:06d}.tar" for i in range(12)]
-    for path in tmp_path.iterdir():
-        with path.open("rb") as f:
-            assert len(list(iter_tar(f))) == 10  # complete, with the end-of-archive marker
+        prepare(_Crashing(), tmp_path, EncodeOptions(), shard_size=10, shuffle=False, overwrite=True)
+    # 128 samples of the new set were encoded when it crashed: none of them replaced the old set
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert old["num_samples"] == 40 and json.loads((tmp_path / "index.json").read_text())["num_samples"] == 40
+
+
+def test_an_interrupted_commit_is_finished_by_the_next_prepare(tmp_path):
+    prepare(_Counting(40), tmp_path, EncodeOptions(), name="crash", shard_size=10, shuffle=False)
+    # a staged set of 20 whose commit was cut short after its first shard had moved into place
+    staging = tmp_path / ".prepare-crash.tmp1"
+    prepare(_Counting(20, offset=100), staging, EncodeOptions(), name="crash", shard_size=10, shuffle=False)
+    journal = {
+        "staging": staging.name,
+        "new": ["crash-000000.tar", "crash-000001.tar"],
+        "old": [f"crash-{i:06d}.tar" for i in range(4)],
+    }
+    (tmp_path / ".crash.commit.json").write_text(json.dumps(journal))
+    os.replace(staging / "crash-000000.tar", tmp_path / "crash-000000.tar")
+    with pytest.raises(PrepareError, match="already holds shards"):  # finishes the commit, then refuses as usual
+        prepare(_Counting(5), tmp_path, EncodeOptions(), name="crash", shard_size=10)
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert index["num_samples"] == 20 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "crash-000000.tar",
+        "crash-000001.tar",
+        "index.json",
+    ]
+    first = [s["png"] for s in iter_shard(str(tmp_path / "crash-000000.tar"))]
+    assert len(first) == 10
+
+
+class _Counting(Source):
+    """`count` grey images whose pixels are their number (plus `offset`)."""
+
+    channels = 1
+
+    def __init__(self, count: int, offset: int = 0):
+        self.count, self.offset, self.name = count, offset, "crash"
+
+    def items(self):
+        return list(range(self.offset, self.offset + self.count))
+
+    def load(self, item):
+        return np.full((32, 32), item % 256, np.uint8), None
+
+
+def test_16_bit_grey_images_are_scaled_to_8_bits(tmp_path):
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    Image.fromarray(ramp).save(folder / "ramp.png")
+    assert Image.open(folder / "ramp.png").mode.startswith("I")
+    prepare(open_source(str(folder)), tmp_path / "out", EncodeOptions(channels=1), shuffle=False)
+    (sample,) = [s for url in expand_shards(str(tmp_path / "out")) for s in iter_shard(url)]
+    pixels = np.asarray(Image.open(io.BytesIO(sample["png"])))
+    assert abs(pixels.mean() - ramp.mean() / 257) < 1 and pixels.max() > 250 and pixels.min() < 5
 
 
 def test_fashion_mnist_matches_the_embedded_dataset(tmp_path):
