@@ -13,7 +13,28 @@ import numpy as np
 from PIL import Image
 
 FORMATS = ("png", "jpg", "webp", "npy")
-IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "npy")
+# What a sample's image may be: the raster formats that webdataset's default image decoder hands to PIL, plus
+# raw .npy arrays. A member's whole extension after the key (lower case) must be one of these; a sample with
+# several takes the first in this order. GIF and TIFF give their first frame.
+IMAGE_KEYS = (
+    "png",
+    "jpg",
+    "jpeg",
+    "webp",
+    "npy",
+    "bmp",
+    "tif",
+    "tiff",
+    "ppm",
+    "pgm",
+    "pbm",
+    "pnm",
+    "gif",
+    "jpe",
+    "jfif",
+    "dib",
+    "tga",
+)
 RESIZE_FILTERS = {
     "lanczos": Image.Resampling.LANCZOS,
     "area": Image.Resampling.BOX,  # box filter = area averaging when down-sampling
@@ -66,6 +87,8 @@ def resize(image: np.ndarray, resolution: int, method: str = "lanczos", crop: st
     return out[:, :, None] if image.ndim == 3 and image.shape[2] == 1 else out
 
 
+_WIDE_GREY = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
 _NPY_HEADERS: dict[bytes, tuple[str, bool, tuple]] = {}
 
 
@@ -113,7 +136,9 @@ def decode_array(sample: dict, channels: int) -> np.ndarray:
     try:
         if key == "npy":
             return _to_channels(_load_npy(sample[key]), channels)
-        image = Image.open(io.BytesIO(sample[key]))
+        image = Image.open(io.BytesIO(sample[key]))  # a GIF or TIFF opens at its first frame
+        if image.mode in _WIDE_GREY:  # 16-bit grey (PNG, TIFF, PGM): keep the top 8 bits (convert would clip)
+            return _to_channels((np.asarray(image).astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8), channels)
         if image.mode != "L" and (channels == 1 or image.mode != "RGB"):
             image = image.convert("L" if channels == 1 else "RGB")
         return _to_channels(np.asarray(image), channels)
