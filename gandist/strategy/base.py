@@ -139,7 +139,9 @@ class Strategy:
         """Register a net with its optimizer; it is moved to the device and wrapped for distribution."""
         wrapped = self.accelerator.prepare_model(module)  # moves in place: the optimizer's params stay valid
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.nets[name] = _Net(self.accelerator.unwrap_model(wrapped), wrapped, optimizer, scaler)
+        # `module` is the plain module inside the wrapper: accelerator.unwrap_model would import DeepSpeed
+        # whenever it is installed, which prints a warning on every rank of a run that does not use it
+        self.nets[name] = _Net(module, wrapped, optimizer, scaler)
 
     def module(self, name: str) -> nn.Module:
         """The plain module (no wrapper)."""
