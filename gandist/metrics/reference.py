@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import webdataset as wds
 
-from gandist.data.specs import EMBEDDED_DIR, expand_shards
-from gandist.data.stream import decode_image, to_device_float
+from gandist.data.images import BadSample, decode_array
+from gandist.data.shards import TruncatedShard
+from gandist.data.specs import EMBEDDED_DIR, DataError, expand_shards, iter_shard
+from gandist.data.stream import to_device_float
 from gandist.files import atomic_write
 from gandist.metrics.features import FeatureNet
 from gandist.metrics.frechet import feature_stats
@@ -59,23 +61,46 @@ class ReferenceSpec:
         )
 
 
+def _samples(urls: list[str]) -> Iterator[dict]:
+    """Every sample of the shards in order (gandist's tar reader); a damaged shard is an error naming it."""
+    for url in urls:
+        try:
+            yield from iter_shard(url)
+        except (TruncatedShard, OSError) as e:
+            raise DataError(
+                f"reference shard {url} cannot be read to its end ({e}): statistics need every image; "
+                "re-create the shard (gandist prepare) or leave it out of metrics.reference"
+            ) from None
+
+
 def iter_images(
     urls: list[str], channels: int, resolution: int, batch: int, rank: int = 0, world: int = 1, limit: int = 0
 ) -> Iterator[torch.Tensor]:
     """uint8 N x C x H x W batches of this rank's share of the first `limit` samples (0: all), in shard order."""
-    samples = wds.tarfile_to_samples(handler=wds.reraise_exception)(iter([{"url": u} for u in urls]))
-    images: list[torch.Tensor] = []
-    for index, sample in enumerate(samples):
+    pixels = np.empty((batch, resolution, resolution, channels), np.uint8)
+    n = 0
+    for index, sample in enumerate(_samples(urls)):
         if limit and index >= limit:
             break
         if index % world != rank:
             continue
-        images.append(decode_image(sample, channels, resolution))
-        if len(images) == batch:
-            yield torch.stack(images)
-            images = []
-    if images:
-        yield torch.stack(images)
+        try:
+            array = decode_array(sample, channels)
+        except BadSample as e:
+            raise DataError(f"reference sample {sample['__key__']!r} of {sample['__url__']}: {e}") from None
+        if array.shape[:2] != (resolution, resolution):
+            raise DataError(
+                f"reference sample {sample['__key__']!r} of {sample['__url__']} is {array.shape[1]}x{array.shape[0]} "
+                f"px, expected {resolution}x{resolution} (model.resolution): prepare the reference images as the "
+                "training images (gandist prepare --resolution)"
+            )
+        pixels[n] = array  # a grey image broadcasts to RGB
+        n += 1
+        if n == batch:
+            yield torch.from_numpy(pixels.copy()).permute(0, 3, 1, 2)
+            n = 0
+    if n:
+        yield torch.from_numpy(pixels[:n].copy()).permute(0, 3, 1, 2)
 
 
 def _local(url: str) -> Path | None:
