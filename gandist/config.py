@@ -440,7 +440,7 @@ def _within(key: str, value: float, closed: bool) -> None:
 def _check_value(key: str, value: Any, hint: Any, source: str) -> Any:
     """Return `value` converted to `hint`, or raise ConfigError naming key and value."""
     origin = typing.get_origin(hint)
-    bad = ConfigError(f"{source}: key '{key}' expects {_describe(hint)}, got {value!r} ({type(value).__name__})")
+    bad = ConfigError(f"{source}: key '{key}' expects {describe_type(hint)}, got {value!r} ({type(value).__name__})")
     if origin is Literal:
         if value not in typing.get_args(hint):
             raise ConfigError(f"{source}: key '{key}' must be one of {list(typing.get_args(hint))}, got {value!r}")
@@ -493,13 +493,17 @@ def _check_value(key: str, value: Any, hint: Any, source: str) -> Any:
     raise bad
 
 
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
+def describe_type(hint: Any) -> str:
+    """A type hint of the config in words: float, one of 'a', 'b', int or null, list of str, [float, float]."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Literal:
-        args = typing.get_args(hint)
         return repr(args[0]) if len(args) == 1 else "one of " + ", ".join(repr(a) for a in args)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(hint))
+        return " or ".join("null" if a is type(None) else describe_type(a) for a in args)
+    if origin is list:
+        return f"list of {describe_type(args[0])}"
+    if origin is tuple:
+        return "[" + ", ".join(describe_type(a) for a in args) + "]"
     if origin is not None:
         return str(hint).replace("typing.", "")
     return getattr(hint, "__name__", str(hint))

@@ -14,6 +14,7 @@ examples:
       gandist/train.py --config configs/fashion_mnist.yaml
 
 Overrides are key.sub=value (e.g. train.kimg=10 output_dir=runs run_name=try1), before or after --config.
+`gandist config [SECTION|KEY]` lists the keys with their types, defaults and meanings.
 Exit status: 0 done, 75 stopped early and asking to be requeued (REQUEUE in the run folder), 2 bad config.
 """
 
@@ -29,19 +30,23 @@ NAME = "train"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The train command's arguments."""
     add_config_arguments(parser)
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config (YAML, each key explained) and exit"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the config and train (or print it)."""
-    from gandist.config import ConfigError, load_config, to_yaml
+    from gandist.config import ConfigError, load_config
 
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         return error(str(e))
     if args.print_config:
-        print(to_yaml(cfg), end="")
+        from gandist.config_docs import commented_yaml
+
+        print(commented_yaml(cfg), end="")
         return 0
     from gandist.training.loop import train
     from gandist.training.stopping import REQUEUE_EXIT_CODE
