@@ -27,11 +27,12 @@ import torch
 
 from gandist.data.images import BadSample, decode_array
 from gandist.data.shards import TruncatedShard
-from gandist.data.specs import EMBEDDED_DIR, DataError, expand_shards, iter_shard
+from gandist.data.specs import EMBEDDED_DIR, DataError, expand_shards, iter_shard, read_index
 from gandist.data.stream import to_device_float
 from gandist.files import atomic_write
 from gandist.metrics.features import FeatureNet
 from gandist.metrics.frechet import feature_stats
+from gandist.reporting.progress import Steps
 
 USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gandist" / "stats"
 
@@ -134,11 +135,30 @@ def cache_path(urls: list[str], net: FeatureNet, resolution: int, channels: int,
     return folder / name
 
 
+def known_count(urls: list[str]) -> int | None:
+    """How many samples the shards hold, from their index.json (None when it does not say)."""
+    found = read_index(urls)
+    if found is None:
+        return None
+    index, path = found
+    names = [Path(u).name for u in urls]
+    if all(Path(u).parent == path.parent for u in urls) and sorted(names) == sorted(index.get("shards", [])):
+        return index.get("num_samples")
+    counts = dict(zip(index.get("shards", []), index.get("shard_samples", [])))
+    return sum(counts[n] for n in names) if all(n in counts for n in names) else None
+
+
 def compute_reference(net: FeatureNet, spec: ReferenceSpec, urls: list[str], device: torch.device, strategy) -> dict:
     """Embed the reference images (every rank its share) and return their statistics (on every rank)."""
     rank, world = strategy.rank, strategy.world_size
     images = iter_images(urls, spec.channels, spec.resolution, spec.batch, rank, world, spec.limit)
-    local = [net(to_device_float(batch, device, torch.contiguous_format)) for batch in images]
+    total = known_count(urls)
+    total = min(total, spec.limit) if total and spec.limit else (total or spec.limit or None)
+    local = []
+    with Steps("reference statistics", total, enabled=rank == 0) as steps:
+        for batch in images:
+            local.append(net(to_device_float(batch, device, torch.contiguous_format)))
+            steps.update(len(batch) * world)  # every rank embeds about as many
     if not local:  # a rank with no share still needs the feature width for the gather
         local = [net(torch.zeros(1, spec.channels, spec.resolution, spec.resolution, device=device))[:0]]
     mine = torch.cat(local)
