@@ -43,7 +43,8 @@ class Reporter:
         self.enabled = enabled
         self.stats_path = run_dir / "stats.jsonl"
         self.stream = stream or sys.stderr
-        self.total, self.start_kimg, self.start_time = total_kimg, start_kimg, time.perf_counter()
+        self.total, self.start_kimg = total_kimg, start_kimg
+        self.start_time: float | None = None  # the first step: start-up time would skew the estimate of what is left
         self.bar = None
         if enabled and is_terminal(self.stream):
             self.bar = tqdm(
@@ -58,6 +59,8 @@ class Reporter:
 
     def advance(self, kimg: float) -> None:
         """Move the bar to `kimg` (cheap; called every step)."""
+        if self.start_time is None:
+            self.start_time = time.perf_counter()
         if self.bar is None:
             return
         target = min(round(kimg, 3), self.bar.total)
@@ -81,7 +84,7 @@ class Reporter:
     def tick_line(self, record: dict) -> str:
         """A tick as one line: progress, speed, losses, time so far and left."""
         kimg = record.get("kimg", 0.0)
-        elapsed = time.perf_counter() - self.start_time
+        elapsed = time.perf_counter() - (self.start_time or time.perf_counter())
         done = kimg - self.start_kimg
         left = elapsed / done * (self.total - kimg) if done > 0 else 0.0
         losses = " ".join(f"{k} {record[f'loss/{k}']:.3f}" for k in ("D", "G") if f"loss/{k}" in record)

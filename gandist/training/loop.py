@@ -42,6 +42,7 @@ from pathlib import Path
 
 from gandist.config import Config
 from gandist.files import atomic_write_text
+from gandist.reporting.trackers import tracker_names
 from gandist.strategy import make_strategy
 from gandist.training import checkpoint
 from gandist.training.run import Run, set_up
@@ -64,7 +65,8 @@ class TrainResult:
 def train(cfg: Config) -> TrainResult:
     """Run a whole training job in this process (one rank of a launch)."""
     cfg.validate()
-    strategy = make_strategy(cfg.strategy, cfg.train.precision, cfg.train.batch)
+    log_with = tracker_names(cfg.tracking)  # the accelerator holds the trackers (reporting/trackers.py)
+    strategy = make_strategy(cfg.strategy, cfg.train.precision, cfg.train.batch, log_with, cfg.output_dir)
     try:
         run = set_up(cfg, strategy)
         if run.progress.nimg == 0:
