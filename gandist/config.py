@@ -355,35 +355,49 @@ class DebugConfig:
     """Pause inside every checkpoint save, after the files and before the COMPLETE marker."""
 
 
+# accelerate's trackers (accelerate.utils.LoggerType; a test keeps the two equal), and gandist's two words
+TRACKERS = ("wandb", "tensorboard", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
+
+
 @dataclass
 class TrackingConfig:
-    """Experiment trackers (rank 0 only). W&B settings also follow the usual WANDB_* variables."""
+    """Experiment trackers, through accelerate (rank 0 only). W&B also follows the usual WANDB_* variables,
+    MLflow the MLFLOW_* ones."""
 
-    report_to: list[str] = field(default_factory=lambda: ["none"])
-    """Trackers: any of wandb, tensorboard, none (a list, or comma-separated: wandb,tensorboard)."""
+    report_to: list[str] = field(default_factory=lambda: ["auto"])
+    """Trackers: auto (wandb where W&B credentials exist or WANDB_MODE is set, else none), none, or any of
+    accelerate's: wandb, tensorboard, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio (a list, or
+    comma-separated: wandb,tensorboard)."""
     project: str = ""
-    """W&B project; empty: WANDB_PROJECT or 'gandist'."""
+    """Project: W&B project, MLflow experiment, TensorBoard sub-folder of the run folder; empty: WANDB_PROJECT or
+    'gandist'."""
     entity: str = ""
     """W&B entity (team or user); empty: WANDB_ENTITY or your default."""
     name: str = ""
-    """Display name of the run; empty: the run folder name."""
+    """Display name of the run (W&B, MLflow); empty: the run folder name."""
     group: str = ""
     """W&B group, e.g. one sweep or one multi-run experiment."""
     tags: list[str] = field(default_factory=list)
-    """W&B tags."""
+    """W&B tags (MLflow: tags without values)."""
     notes: str = ""
-    """W&B notes."""
+    """W&B notes (MLflow: the run's description)."""
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"
-    """auto: online if an API key is configured, else offline (never prompts); WANDB_MODE wins if set."""
+    """auto: online where W&B credentials exist (WANDB_API_KEY or `wandb login`), else offline (never prompts);
+    WANDB_MODE wins if set."""
     log_images: bool = True
     """Send sample grids (and one grid of real images at the start) to the trackers."""
 
     def validate(self) -> None:
-        """Raise ConfigError for unknown trackers."""
-        unknown = [n for n in self.report_to if n not in ("wandb", "tensorboard", "none")]
+        """Raise ConfigError for unknown trackers, and auto or none among others."""
+        unknown = [n for n in self.report_to if n not in (*TRACKERS, "auto", "none")]
         if unknown:
             raise ConfigError(
-                f"key 'tracking.report_to' has unknown tracker(s) {unknown}: use wandb, tensorboard or none"
+                f"key 'tracking.report_to' has unknown tracker(s) {unknown}: use auto, none or any of "
+                f"{', '.join(TRACKERS)}"
+            )
+        if len(self.report_to) > 1 and {"auto", "none"} & set(self.report_to):
+            raise ConfigError(
+                f"key 'tracking.report_to' = {self.report_to}: auto and none stand alone; name the trackers instead"
             )
 
 
@@ -457,7 +471,7 @@ def _within(key: str, value: float, closed: bool) -> None:
 def _check_value(key: str, value: Any, hint: Any, source: str) -> Any:
     """Return `value` converted to `hint`, or raise ConfigError naming key and value."""
     origin = typing.get_origin(hint)
-    bad = ConfigError(f"{source}: key '{key}' expects {_describe(hint)}, got {value!r} ({type(value).__name__})")
+    bad = ConfigError(f"{source}: key '{key}' expects {describe_type(hint)}, got {value!r} ({type(value).__name__})")
     if origin is Literal:
         if value not in typing.get_args(hint):
             raise ConfigError(f"{source}: key '{key}' must be one of {list(typing.get_args(hint))}, got {value!r}")
@@ -512,13 +526,17 @@ def _check_value(key: str, value: Any, hint: Any, source: str) -> Any:
     raise bad
 
 
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
+def describe_type(hint: Any) -> str:
+    """A type hint of the config in words: float, one of 'a', 'b', int or null, list of str, [float, float]."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Literal:
-        args = typing.get_args(hint)
         return repr(args[0]) if len(args) == 1 else "one of " + ", ".join(repr(a) for a in args)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(hint))
+        return " or ".join("null" if a is type(None) else describe_type(a) for a in args)
+    if origin is list:
+        return f"list of {describe_type(args[0])}"
+    if origin is tuple:
+        return "[" + ", ".join(describe_type(a) for a in args) + "]"
     if origin is not None:
         return str(hint).replace("typing.", "")
     return getattr(hint, "__name__", str(hint))

@@ -3,6 +3,7 @@
 main.py        the sub-command registry and dispatch
 args.py        the shared conventions: --config and overrides anywhere, help, one-line errors
 train.py       gandist train
+config.py      gandist config (the keys, their types, defaults and meanings)
 prepare.py     gandist prepare
 generator.py   gandist sample | interpolate | generate | export
 evaluate.py    gandist evaluate

@@ -9,7 +9,7 @@ examples:
 SRC is one of
   fashion-mnist          the IDX files of Debian's dataset-fashion-mnist (--split train|test)
   a folder of IDX files  MNIST layout: *-images-idx3-ubyte[.gz] (+ *-labels-idx1-ubyte[.gz])
-  a folder of images     png/jpg/webp/bmp/gif/tiff, searched recursively; class = first sub-folder name
+  a folder of images     png/jpg/webp/bmp/gif/tiff/ppm/pgm/..., searched recursively; class = first sub-folder name
                          (when every image lies in a sub-folder)
   an .npy or .npz file   N x H x W (x C) uint8 (or floats in [0, 1]); labels from --labels or the .npz
   shards                 a .tar/.tar.gz, a brace pattern, a comma list or a folder with index.json

@@ -14,6 +14,7 @@ examples:
       gandist/train.py --config configs/fashion_mnist.yaml
 
 Overrides are key.sub=value (e.g. train.kimg=10 output_dir=runs run_name=try1), before or after --config.
+`gandist config [SECTION|KEY]` lists the keys with their types, defaults and meanings.
 Exit status: 0 done; 75 stopped early (signal, stop file, time budget) and asking to be requeued (REQUEUE in
 the run folder); 2 bad input (config, data, checkpoint, run folder); 3 training diverged (NaN/Inf); 130 aborted
 by a second Ctrl-C; 1 a crash (GANDIST_DEBUG=1 shows the traceback).
@@ -31,16 +32,20 @@ NAME = "train"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The train command's arguments."""
     add_config_arguments(parser)
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config (YAML, each key explained) and exit"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the config and train (or print it); errors are reported by the dispatcher (args.report)."""
-    from gandist.config import load_config, to_yaml
+    from gandist.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
-        print(to_yaml(cfg), end="")
+        from gandist.config_docs import commented_yaml
+
+        print(commented_yaml(cfg), end="")
         return 0
     from gandist.training.loop import train
     from gandist.training.stopping import REQUEUE_EXIT_CODE

@@ -13,7 +13,28 @@ import numpy as np
 from PIL import Image
 
 FORMATS = ("png", "jpg", "webp", "npy")
-IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "npy")
+# What a sample's image may be: the raster formats that webdataset's default image decoder hands to PIL, plus
+# raw .npy arrays. A member's whole extension after the key (lower case) must be one of these; a sample with
+# several takes the first in this order. GIF and TIFF give their first frame.
+IMAGE_KEYS = (
+    "png",
+    "jpg",
+    "jpeg",
+    "webp",
+    "npy",
+    "bmp",
+    "tif",
+    "tiff",
+    "ppm",
+    "pgm",
+    "pbm",
+    "pnm",
+    "gif",
+    "jpe",
+    "jfif",
+    "dib",
+    "tga",
+)
 RESIZE_FILTERS = {
     "lanczos": Image.Resampling.LANCZOS,
     "area": Image.Resampling.BOX,  # box filter = area averaging when down-sampling
@@ -66,6 +87,7 @@ def resize(image: np.ndarray, resolution: int, method: str = "lanczos", crop: st
     return out[:, :, None] if image.ndim == 3 and image.shape[2] == 1 else out
 
 
+
 _NPY_HEADERS: dict[bytes, tuple[str, bool, tuple]] = {}
 
 
@@ -106,15 +128,14 @@ def _to_channels(array: np.ndarray, channels: int) -> np.ndarray:
 
 
 def eight_bit(image: Image.Image) -> Image.Image:
-    """A 16- or 32-bit grey image (PIL modes I;16*, I) scaled to 8 bits; others as they are.
+    """A 16-bit grey image (PIL modes I;16*, or I holding 16-bit values) as 8 bits: its top byte; others as they are.
 
-    PIL's own convert("L") clips such images at 255 (a 16-bit PNG turns white): the full range is scaled instead.
+    PIL's own convert("L") clips such images at 255 (a 16-bit PNG turns white).
     """
     if not image.mode.startswith("I"):
         return image
-    values = np.asarray(image).astype(np.int64)
-    top = 65535 if image.mode.startswith("I;16") or values.max(initial=0) <= 65535 else 2**31 - 1
-    return Image.fromarray(((values.clip(0, top) * 255 + top // 2) // top).astype(np.uint8), mode="L")
+    values = np.asarray(image).astype(np.int64).clip(0, 65535)
+    return Image.fromarray((values >> 8).astype(np.uint8), mode="L")
 
 
 def decode_array(sample: dict, channels: int) -> np.ndarray:
@@ -125,7 +146,7 @@ def decode_array(sample: dict, channels: int) -> np.ndarray:
     try:
         if key == "npy":
             return _to_channels(_load_npy(sample[key]), channels)
-        image = eight_bit(Image.open(io.BytesIO(sample[key])))
+        image = eight_bit(Image.open(io.BytesIO(sample[key])))  # a GIF or TIFF opens at its first frame
         if image.mode != "L" and (channels == 1 or image.mode != "RGB"):
             image = image.convert("L" if channels == 1 else "RGB")
         return _to_channels(np.asarray(image), channels)

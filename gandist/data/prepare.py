@@ -41,7 +41,7 @@ FASHION_MNIST_CLASSES = [
     "bag",
     "ankle boot",
 ]
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {f".{key}" for key in IMAGE_KEYS if key != "npy"}  # the image files training reads, too
 _CHUNK = 64  # items per task sent to a worker: large enough to amortise the inter-process hop
 
 

@@ -43,8 +43,8 @@ def decode_image(sample: dict, channels: int, resolution: int) -> torch.Tensor:
         raise BadSample(
             f"is {array.shape[1]}x{array.shape[0]} px, expected {resolution}x{resolution} (model.resolution)"
         )
-    array = np.broadcast_to(array, (resolution, resolution, channels))
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    array = np.broadcast_to(array, (resolution, resolution, channels)).transpose(2, 0, 1)
+    return torch.from_numpy(array.copy())  # decoders may return read-only arrays (np.frombuffer, PIL's buffer)
 
 
 def _label(sample: dict) -> int:

@@ -181,7 +181,7 @@ def generate(tg: TrainedGenerator, spec: GenerateSpec, strategy=None) -> dict | 
     `strategy` gives rank, world_size, is_main, barrier and gather_objects (gandist.strategy.Strategy
     under a launch; None: this process alone). Every rank must call this with the same spec.
     """
-    from tqdm import tqdm
+    from gandist.reporting.progress import Steps
 
     strategy = strategy or SingleProcess()
     validate(spec, tg.num_classes)
@@ -194,20 +194,13 @@ def generate(tg: TrainedGenerator, spec: GenerateSpec, strategy=None) -> dict | 
     strategy.barrier()
 
     todo = sum(len(ranges[k]) for k in mine)
-    bar = tqdm(
-        total=todo,
-        unit="img",
-        desc=f"generate (rank 0 of {strategy.world_size})",
-        disable=not strategy.is_main,
-        dynamic_ncols=True,
-        mininterval=1.0,
-    )
     start = time.perf_counter()
     entries = []
-    for shard_id in mine:
-        entries.append(write_shard(tg, spec, shard_id, ranges[shard_id]))
-        bar.update(len(ranges[shard_id]))
-    bar.close()
+    # a bar on a terminal, plain lines in a log file (reporting/progress.py)
+    with Steps(f"generate (rank 0 of {strategy.world_size})", todo, enabled=strategy.is_main) as steps:
+        for shard_id in mine:
+            entries.append(write_shard(tg, spec, shard_id, ranges[shard_id]))
+            steps.update(len(ranges[shard_id]))
     elapsed = time.perf_counter() - start
 
     done = [entry for rank_entries in strategy.gather_objects(entries) for entry in rank_entries]

@@ -21,6 +21,7 @@ from gandist.metrics.frechet import feature_stats, frechet_distance
 from gandist.metrics.kid import kernel_distance
 from gandist.metrics.precision_recall import precision_recall
 from gandist.metrics.reference import ReferenceSpec, load_reference
+from gandist.reporting.progress import Steps
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
@@ -61,9 +62,11 @@ class Evaluator:
         all_c = torch.randint(0, max(num_classes, 1), (per_rank * self.world,), generator=generator)
         mine = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
         local = []
-        for z, c in zip(all_z[mine].split(self.cfg.batch), all_c[mine].split(self.cfg.batch)):
-            images = G(z.to(self.device), c.to(self.device) if num_classes else None)
-            local.append(self.net(quantize(images)))
+        with Steps("generating and embedding fakes", self.cfg.num_fake, enabled=self.rank == 0) as steps:
+            for z, c in zip(all_z[mine].split(self.cfg.batch), all_c[mine].split(self.cfg.batch)):
+                images = G(z.to(self.device), c.to(self.device) if num_classes else None)
+                local.append(self.net(quantize(images)))
+                steps.update(min(len(z) * self.world, self.cfg.num_fake - steps.n))
         return self.strategy.all_gather_rows(torch.cat(local))[: self.cfg.num_fake]
 
     def __call__(self, G: nn.Module, z_dim: int, num_classes: int = 0, seed: int = 0) -> dict[str, float]:

@@ -22,14 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import webdataset as wds
 
-from gandist.data.specs import EMBEDDED_DIR, expand_shards
-from gandist.data.stream import decode_image, to_device_float
+from gandist.data.images import BadSample, decode_array
+from gandist.data.shards import TruncatedShard
+from gandist.data.specs import EMBEDDED_DIR, DataError, expand_shards, iter_shard, read_index
+from gandist.data.stream import to_device_float
 from gandist.files import atomic_write
 from gandist.metrics.features import FeatureNet
 from gandist.metrics.frechet import feature_stats
+from gandist.reporting.progress import Steps
 
 USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gandist" / "stats"
 
@@ -59,23 +62,46 @@ class ReferenceSpec:
         )
 
 
+def _samples(urls: list[str]) -> Iterator[dict]:
+    """Every sample of the shards in order (gandist's tar reader); a damaged shard is an error naming it."""
+    for url in urls:
+        try:
+            yield from iter_shard(url)
+        except (TruncatedShard, OSError) as e:
+            raise DataError(
+                f"reference shard {url} cannot be read to its end ({e}): statistics need every image; "
+                "re-create the shard (gandist prepare) or leave it out of metrics.reference"
+            ) from None
+
+
 def iter_images(
     urls: list[str], channels: int, resolution: int, batch: int, rank: int = 0, world: int = 1, limit: int = 0
 ) -> Iterator[torch.Tensor]:
     """uint8 N x C x H x W batches of this rank's share of the first `limit` samples (0: all), in shard order."""
-    samples = wds.tarfile_to_samples(handler=wds.reraise_exception)(iter([{"url": u} for u in urls]))
-    images: list[torch.Tensor] = []
-    for index, sample in enumerate(samples):
+    pixels = np.empty((batch, resolution, resolution, channels), np.uint8)
+    n = 0
+    for index, sample in enumerate(_samples(urls)):
         if limit and index >= limit:
             break
         if index % world != rank:
             continue
-        images.append(decode_image(sample, channels, resolution))
-        if len(images) == batch:
-            yield torch.stack(images)
-            images = []
-    if images:
-        yield torch.stack(images)
+        try:
+            array = decode_array(sample, channels)
+        except BadSample as e:
+            raise DataError(f"reference sample {sample['__key__']!r} of {sample['__url__']}: {e}") from None
+        if array.shape[:2] != (resolution, resolution):
+            raise DataError(
+                f"reference sample {sample['__key__']!r} of {sample['__url__']} is {array.shape[1]}x{array.shape[0]} "
+                f"px, expected {resolution}x{resolution} (model.resolution): prepare the reference images as the "
+                "training images (gandist prepare --resolution)"
+            )
+        pixels[n] = array  # a grey image broadcasts to RGB
+        n += 1
+        if n == batch:
+            yield torch.from_numpy(pixels.copy()).permute(0, 3, 1, 2)
+            n = 0
+    if n:
+        yield torch.from_numpy(pixels[:n].copy()).permute(0, 3, 1, 2)
 
 
 def _local(url: str) -> Path | None:
@@ -109,11 +135,30 @@ def cache_path(urls: list[str], net: FeatureNet, resolution: int, channels: int,
     return folder / name
 
 
+def known_count(urls: list[str]) -> int | None:
+    """How many samples the shards hold, from their index.json (None when it does not say)."""
+    found = read_index(urls)
+    if found is None:
+        return None
+    index, path = found
+    names = [Path(u).name for u in urls]
+    if all(Path(u).parent == path.parent for u in urls) and sorted(names) == sorted(index.get("shards", [])):
+        return index.get("num_samples")
+    counts = dict(zip(index.get("shards", []), index.get("shard_samples", [])))
+    return sum(counts[n] for n in names) if all(n in counts for n in names) else None
+
+
 def compute_reference(net: FeatureNet, spec: ReferenceSpec, urls: list[str], device: torch.device, strategy) -> dict:
     """Embed the reference images (every rank its share) and return their statistics (on every rank)."""
     rank, world = strategy.rank, strategy.world_size
     images = iter_images(urls, spec.channels, spec.resolution, spec.batch, rank, world, spec.limit)
-    local = [net(to_device_float(batch, device, torch.contiguous_format)) for batch in images]
+    total = known_count(urls)
+    total = min(total, spec.limit) if total and spec.limit else (total or spec.limit or None)
+    local = []
+    with Steps("reference statistics", total, enabled=rank == 0) as steps:
+        for batch in images:
+            local.append(net(to_device_float(batch, device, torch.contiguous_format)))
+            steps.update(len(batch) * world)  # every rank embeds about as many
     if not local:  # a rank with no share still needs the feature width for the gather
         local = [net(torch.zeros(1, spec.channels, spec.resolution, spec.resolution, device=device))[:0]]
     mine = torch.cat(local)

@@ -37,12 +37,19 @@ __all__ = [
 ]
 
 
-def make_strategy(cfg: StrategyConfig, precision: str, global_batch: int) -> Strategy:
+def make_strategy(
+    cfg: StrategyConfig,
+    precision: str,
+    global_batch: int,
+    log_with: list[str] | None = None,
+    logging_dir: str | None = None,
+) -> Strategy:
     """Set up the process group and build the strategy the config and the launch ask for.
 
-    precision: train.precision; global_batch: train.batch (images per optimizer step over all ranks).
+    precision: train.precision; global_batch: train.batch (images per optimizer step over all ranks);
+    log_with, logging_dir: the trackers of accelerate's tracker API (reporting/trackers.py).
     """
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, log_with, logging_dir)
     plan = plan_strategy(cfg, precision, accelerator.num_processes, os.environ)
     check_batch(global_batch, accelerator.num_processes, plan.gradient_accumulation)
     if plan.name == "deepspeed":

@@ -39,11 +39,14 @@ from gandist.strategy.launch import ENV_USE_DEEPSPEED
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def make_accelerator(cfg: StrategyConfig) -> Accelerator:
-    """Create the Accelerator (process group, device) and check that the launch is what it seems.
+def make_accelerator(
+    cfg: StrategyConfig, log_with: list[str] | None = None, logging_dir: str | None = None
+) -> Accelerator:
+    """Create the Accelerator (process group, device, trackers) and check that the launch is what it seems.
 
     Without CUDA the processes are put on the CPU with gloo: `accelerate launch` of a multi-process
     config then forms a real multi-rank group (accelerate's own MULTI_CPU starts one process).
+    `log_with` and `logging_dir` go to accelerate's tracker API (gandist/reporting/trackers.py starts them).
     """
     cuda = torch.cuda.is_available()
     handlers = [DistributedDataParallelKwargs(broadcast_buffers=True)]
@@ -58,6 +61,8 @@ def make_accelerator(cfg: StrategyConfig) -> Accelerator:
             cpu=not cuda,
             mixed_precision="no",  # autocast and scalers are ours: one scaler per net
             kwargs_handlers=handlers,
+            log_with=log_with or None,
+            project_dir=logging_dir,
         )
     finally:
         if use_deepspeed is not None:
@@ -142,7 +147,9 @@ class Strategy:
         """Register a net with its optimizer; it is moved to the device and wrapped for distribution."""
         wrapped = self.accelerator.prepare_model(module)  # moves in place: the optimizer's params stay valid
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.nets[name] = _Net(self.accelerator.unwrap_model(wrapped), wrapped, optimizer, scaler)
+        # `module` is the plain module inside the wrapper: accelerator.unwrap_model would import DeepSpeed
+        # whenever it is installed, which prints a warning on every rank of a run that does not use it
+        self.nets[name] = _Net(module, wrapped, optimizer, scaler)
 
     def module(self, name: str) -> nn.Module:
         """The plain module (no wrapper)."""

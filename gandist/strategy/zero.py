@@ -84,7 +84,10 @@ def _import_deepspeed():
     try:
         import deepspeed
     except ImportError as e:
-        raise ConfigError(f"strategy.name=deepspeed needs the deepspeed package ({e}): pip install deepspeed") from None
+        raise ConfigError(
+            f"strategy.name=deepspeed (or a DeepSpeed launch config) needs DeepSpeed, which is not installed ({e}): "
+            "pip install 'gandist[deepspeed]'"
+        ) from None
     return deepspeed
 
 

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from gandist.config import Config
 from gandist.files import atomic_write_text
+from gandist.reporting.trackers import tracker_names
 from gandist.strategy import make_strategy
 from gandist.training import checkpoint
 from gandist.training.guard import NonFiniteError
@@ -74,7 +75,8 @@ def train(cfg: Config) -> TrainResult:
     stop_with_parent()
     strategy, run = None, None
     try:
-        strategy = make_strategy(cfg.strategy, cfg.train.precision, cfg.train.batch)
+        log_with = tracker_names(cfg.tracking)  # the accelerator holds the trackers (reporting/trackers.py)
+        strategy = make_strategy(cfg.strategy, cfg.train.precision, cfg.train.batch, log_with, cfg.output_dir)
         run = set_up(cfg, strategy, stopper)
         if run.progress.nimg == 0:
             write_grid(run)

@@ -177,12 +177,13 @@ def set_up(cfg: Config, strategy: Strategy, stopper: StopRequested) -> Run:
             batches = iter(loader)
         reporter = Reporter(run_dir, t.kimg, state.progress.nimg / 1000, enabled=strategy.is_main)
         trackers = Trackers(
+            strategy.accelerator,
             cfg.tracking,
             run_dir,
             {**to_dict(cfg), "env": environment_summary(strategy.world_size, str(device))},
-            enabled=strategy.is_main,
             run_id=state.progress.tracker_run_id,
             say=reporter.message,
+            restart=cfg.resume in ("never", "restart"),
         )
         state.progress.tracker_run_id = trackers.run_id
         run = Run(

@@ -55,7 +55,7 @@ def write_grid(run: Run) -> None:
     kimg = run.progress.nimg / 1000
     save_grid(images, run.run_dir / "samples" / f"fakes-{kimg:010.3f}kimg.png")
     if run.cfg.tracking.log_images:
-        run.trackers.log_image("samples/fakes", make_grid(images), f"G_ema at {kimg:.3f} kimg", run.progress.step)
+        run.trackers.log_image("samples/fakes", make_grid(images), f"G_ema at {kimg:.3f} kimg", run.progress.nimg)
 
 
 def write_reals(run: Run, images: torch.Tensor) -> None:
@@ -119,5 +119,5 @@ def write_tick(run: Run) -> None:
     if s.device.type == "cuda":
         record["gpu_mem_gib"] = round(torch.cuda.max_memory_allocated(s.device) / 2**30, 3)
     run.reporter.tick(record)
-    run.trackers.log(record, progress.step)
+    run.trackers.log(record, progress.nimg)  # trackers' steps are images shown: plots against kimg
     run.start_tick()

@@ -79,6 +79,7 @@ def test_the_shipped_best_recipe_trains_on_labelled_shards(tmp_path, tiny_shards
             "train.tick_kimg=0.032",
             "train.snapshot_kimg=0.064",
             "train.grid_size=16",
+            "tracking.report_to=none",  # the default, auto, would log to W&B on a machine logged in to it
             config="configs/fashion_mnist_best.yaml",
         )
     )

@@ -256,3 +256,28 @@ def test_evaluator_scores_real_images_better_than_noise(tmp_path, tiny_shards):
     assert good[f"metrics/precision_{name}"] == 1.0 and good[f"metrics/recall_{name}"] == 1.0
     assert bad[f"metrics/fid_{name}"] > 0.01 and bad[f"metrics/kid_{name}"] > good[f"metrics/kid_{name}"]
     assert bad[f"metrics/precision_{name}"] < 0.5
+
+
+def test_reference_reader_gives_each_rank_its_share_in_shard_order(tmp_path, tiny_shards):
+    import webdataset as wds
+
+    from gandist.data.stream import decode_image
+
+    urls = reference_module.expand_shards(tiny_shards)
+    samples = wds.tarfile_to_samples()(iter([{"url": u} for u in urls]))  # webdataset's reading, as a reference
+    expected = torch.stack([decode_image(s, 3, 32) for s in samples])
+    everything = torch.cat(list(reference_module.iter_images(urls, 3, 32, 40)))
+    assert torch.equal(everything, expected)  # grey images broadcast to RGB
+    shares = [torch.cat(list(reference_module.iter_images(urls, 3, 32, 7, rank, 3, limit=50))) for rank in range(3)]
+    assert [len(s) for s in shares] == [17, 17, 16]
+    assert all(torch.equal(share, expected[rank:50:3]) for rank, share in enumerate(shares))
+
+
+def test_a_damaged_reference_shard_is_an_error_naming_it(tmp_path, tiny_shards):
+    from gandist.data.specs import DataError
+
+    urls = reference_module.expand_shards(tiny_shards)
+    with open(urls[1], "r+b") as f:
+        f.truncate(5000)
+    with pytest.raises(DataError, match=f"reference shard {urls[1]} cannot be read to its end"):
+        list(reference_module.iter_images(urls, 1, 32, 16))
