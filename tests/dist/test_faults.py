@@ -13,6 +13,7 @@ import torch
 from gandist.training import checkpoint
 from gandist.training.stopping import REQUEUE_EXIT_CODE, REQUEUE_MARKER
 from tests.conftest import PYTHON, ROOT, accelerate_cmd, run
+from tests.processes import stats, wait_for
 
 pytestmark = pytest.mark.slow
 TINY = ["--config", str(ROOT / "configs/tiny.yaml")]
@@ -23,22 +24,8 @@ def _start(cmd, log):
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
 
 
-def _wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def _workers(proc):
     return [p for p in psutil.Process(proc.pid).children(recursive=True) if "gandist/train.py" in " ".join(p.cmdline())]
-
-
-def _stats(run_dir):
-    path = run_dir / "stats.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
 
 
 @pytest.mark.parametrize("sig", ["SIGUSR1", "SIGTERM"])
@@ -48,7 +35,7 @@ def test_signal_to_two_process_run_checkpoints_and_asks_for_requeue(tmp_path, si
     with open(tmp_path / "log", "w") as log:
         proc = _start(accelerate_cmd(ROOT / "gandist/train.py", *args), log)
         try:
-            _wait_for(lambda: len(_stats(run_dir)) >= 1, 120, "the first tick")
+            wait_for(lambda: len(stats(run_dir)) >= 1, 120, "the first tick")
             if sig == "SIGTERM":  # what SLURM or a user sends to the launcher: it passes it on to the ranks
                 proc.send_signal(signal.SIGTERM)
             else:  # SIGUSR1 straight to the ranks (torchrun does not forward USR1)
@@ -91,7 +78,7 @@ def test_single_process_exit_code_and_stop_file(tmp_path):
             ],
             log,
         )
-        _wait_for(lambda: len(_stats(run_dir)) >= 1, 120, "the first tick")
+        wait_for(lambda: len(stats(run_dir)) >= 1, 120, "the first tick")
         (run_dir / "STOP").touch()
         assert proc.wait(timeout=120) == REQUEUE_EXIT_CODE
     assert "stop file" in (run_dir / REQUEUE_MARKER).read_text()
@@ -133,9 +120,9 @@ def test_nan_on_one_rank_is_skipped_by_all(tmp_path):
     summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
     assert summary["skipped_steps"] == 2 and summary["rollbacks"] == 0
     assert summary["params_in_sync"]
-    stats = _stats(tmp_path / "nan")
-    assert sum(s["faults/nonfinite_frac"] for s in stats) > 0
-    assert all(s["loss/D"] == s["loss/D"] for s in stats)  # the skipped losses are not averaged in (no NaN)
+    ticks = stats(tmp_path / "nan")
+    assert sum(s["faults/nonfinite_frac"] for s in ticks) > 0
+    assert all(s["loss/D"] == s["loss/D"] for s in ticks)  # the skipped losses are not averaged in (no NaN)
 
 
 def test_persistent_nan_rolls_back_then_stops_with_a_clear_error(tmp_path):
@@ -192,7 +179,7 @@ def test_kill_during_checkpoint_write_resumes_from_the_previous_one(tmp_path):
         proc = _start(accelerate_cmd(ROOT / "gandist/train.py", *args), log)
         try:
             folder = run_dir / "checkpoints"
-            _wait_for(
+            wait_for(
                 lambda: len(checkpoint.complete_checkpoints(run_dir)) >= 1 and list(folder.glob(".step-*.tmp")),
                 180,
                 "a complete checkpoint and a second one being written",
