@@ -20,6 +20,9 @@ H x W x C, and `to_device_float` gives the model the memory format it wants on t
 
 from __future__ import annotations
 
+import atexit
+import functools
+import multiprocessing
 import random
 import signal
 import sys
@@ -275,6 +278,9 @@ class ShardLoader:
         shutdown = getattr(iterator, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
+        for worker in getattr(iterator, "_workers", []):  # one that did not leave when asked ignores SIGTERM
+            if worker.is_alive():
+                worker.kill()
 
     def _counted(self, batches: Iterator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels, bad, read, bad_shards in batches:
@@ -317,6 +323,8 @@ def make_loader(spec: StreamSpec, num_workers: int, prefetch_factor: int = 4, pi
             f"reading them: lower data.num_workers or re-shard into more, smaller shards "
             f"(gandist prepare SRC OUT --shard-size N)"
         )
+    if num_workers > 0:
+        _kill_workers_at_exit()
     kwargs = {"prefetch_factor": prefetch_factor, "persistent_workers": True} if num_workers > 0 else {}
     dataloader = torch.utils.data.DataLoader(
         ShardStream(spec),
@@ -339,6 +347,20 @@ def leave_signals_to_the_trainer(_worker_id: int = 0) -> None:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: STOP_READS.set())
+
+
+@functools.cache
+def _kill_workers_at_exit() -> None:
+    """Loader workers leave SIGTERM to their trainer, so the terminate() with which Python ends daemonic children
+    at exit would not end them: end any left (a loader nobody closed) with SIGKILL first (atexit runs this before
+    multiprocessing's own exit handler, registered earlier)."""
+
+    def kill() -> None:
+        for child in multiprocessing.active_children():
+            if child.daemon:
+                child.kill()
+
+    atexit.register(kill)
 
 
 def to_device_float(images: torch.Tensor, device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:

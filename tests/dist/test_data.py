@@ -82,4 +82,4 @@ def test_ddp_training_over_uneven_and_truncated_shards_finishes_and_counts(tmp_p
     assert stats[-1]["data/bad_total"] >= 1 and stats[-1]["data/samples_read"] > 0
     assert sum(s["data/bad_samples"] for s in stats) == stats[-1]["data/bad_total"]
     assert "ends without the end-of-archive marker" in proc.stderr or "truncated" in proc.stderr
-    assert "bad sample(s) this tick" in proc.stderr + proc.stdout
+    assert "bad sample(s) and 0 unreadable shard(s) this tick" in proc.stderr + proc.stdout
