@@ -307,6 +307,12 @@ class StrategyConfig:
     deepspeed_config: str = ""
     """DeepSpeed JSON (e.g. launch/deepspeed/zero2.json) to build both engines from, its 'auto' values filled
     from this config; empty: the launch config's deepspeed_config_file, else generated from this config."""
+    bucket_mb: float = 100.0
+    """DeepSpeed's memory-sized settings, in MiB of fp32 elements, where the JSON does not give them: each engine's
+    gradient bucket (reduce_bucket_size, allgather_bucket_size) and under ZeRO-3 the prefetch bucket, the most
+    parameters gathered at once (stage3_max_live_parameters, stage3_max_reuse_distance) and the optimizer
+    sub-group (sub_group_size). DeepSpeed's defaults are sized for large transformers (a 2 GB fp32 gradient
+    bucket per engine); `gandist estimate` counts these."""
 
     def validate(self) -> None:
         """Raise ConfigError for impossible values (the launch environment is checked at start-up)."""
@@ -323,6 +329,7 @@ class StrategyConfig:
             _at_least("strategy.gradient_accumulation", self.gradient_accumulation, 1, ">= 1 (or null)")
         if self.grad_clip is not None:
             _at_least("strategy.grad_clip", self.grad_clip, 0, ">= 0 (0: off; or null)")
+        _positive("strategy.bucket_mb", self.bucket_mb)
 
 
 @dataclass

@@ -28,7 +28,8 @@ def run_block(fn: Callable[..., torch.Tensor], modules: Sequence[nn.Module], *ar
     norms are replayed so that the recomputation sees exactly what the forward saw. Two things would
     otherwise differ: a spectral norm's power iteration runs once more (the weight seen by the gradient is
     not the one of the forward: a D is called twice per D phase, and the u, v of the second call would be
-    used for the first), and BatchNorm's running statistics would be updated twice. Random numbers (noise
+    used for the first), BatchNorm's running statistics would be updated twice, and a D frozen for the G
+    phase (requires_grad off) is unfrozen again by the time G's backward recomputes it. Random numbers (noise
     inputs) are replayed by torch's checkpoint itself (preserve_rng_state).
     """
     if not checkpointed or not torch.is_grad_enabled():
@@ -39,19 +40,22 @@ def run_block(fn: Callable[..., torch.Tensor], modules: Sequence[nn.Module], *ar
 
 def _replay_contexts(modules: list[nn.Module]) -> tuple[_KeepForwardState, _ReplayForwardState]:
     """(forward context, recomputation context) for torch's checkpoint."""
-    keep = _KeepForwardState([b for m in modules for b in m.buffers()])
+    keep = _KeepForwardState([b for m in modules for b in m.buffers()], [p for m in modules for p in m.parameters()])
     norms = [m for module in modules for m in module.modules() if isinstance(m, _SpectralNorm)]
     return keep, _ReplayForwardState(keep, norms)
 
 
 class _KeepForwardState:
-    """Around the forward: keeps the buffers as the forward left them (a spectral norm's u, v as it used them)."""
+    """Around the forward: keeps the buffers as the forward left them (a spectral norm's u, v as it used them)
+    and whether each parameter required gradients (a D frozen for the G phase is unfrozen before G's backward)."""
 
-    def __init__(self, buffers: list[torch.Tensor]):
-        self.buffers, self.seen = buffers, []
+    def __init__(self, buffers: list[torch.Tensor], params: list[nn.Parameter]):
+        self.buffers, self.params = buffers, params
+        self.seen: list[torch.Tensor] = []
+        self.requires_grad: list[bool] = []
 
     def __enter__(self) -> None:
-        pass
+        self.requires_grad = [p.requires_grad for p in self.params]
 
     def __exit__(self, *exc) -> None:
         self.seen = [b.detach().clone() for b in self.buffers]
@@ -69,14 +73,19 @@ class _ReplayForwardState:
     def __enter__(self) -> None:
         self.current = [b.detach().clone() for b in self.keep.buffers]
         self.modes = [m.training for m in self.norms]
+        self.requires_grad = [p.requires_grad for p in self.keep.params]
         _copy(self.keep.buffers, self.keep.seen)
         for m in self.norms:
             m.training = False  # no power iteration: sigma from the u, v the forward used
+        for p, flag in zip(self.keep.params, self.keep.requires_grad):
+            p.requires_grad_(flag)
 
     def __exit__(self, *exc) -> None:
         _copy(self.keep.buffers, self.current)
         for m, mode in zip(self.norms, self.modes):
             m.training = mode
+        for p, flag in zip(self.keep.params, self.requires_grad):
+            p.requires_grad_(flag)
 
 
 @torch.no_grad()

@@ -137,7 +137,9 @@ class SynthesisLayer(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, w_dim: int, up: bool = False):
         super().__init__()
         self.conv = ModulatedConv2d(in_ch, out_ch, 3, w_dim, up=up)
-        self.noise_strength = nn.Parameter(torch.zeros(()))
+        # shape (1,), not (): DeepSpeed's engines view every parameter as bytes, which a 0-d tensor refuses
+        self.noise_strength = nn.Parameter(torch.zeros(1))
+        self.register_load_state_dict_pre_hook(_scalar_noise_strength)
         self.bias = nn.Parameter(torch.zeros(out_ch))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -145,6 +147,13 @@ class SynthesisLayer(nn.Module):
         noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], device=x.device, dtype=x.dtype)
         x = x + noise * self.noise_strength + self.bias[None, :, None, None]
         return F.leaky_relu(x, 0.2) * GAIN
+
+
+def _scalar_noise_strength(module, state_dict, prefix, *args) -> None:
+    """Checkpoints written before noise_strength had shape (1,) hold it as a 0-d tensor: reshape on load."""
+    key = prefix + "noise_strength"
+    if key in state_dict and state_dict[key].dim() == 0:
+        state_dict[key] = state_dict[key].reshape(1)
 
 
 class ToRGB(nn.Module):

@@ -32,10 +32,12 @@ def _one_step(arch: str, checkpointing: bool) -> dict[str, torch.Tensor]:
     (torch.nn.functional.softplus(-D(real, c)) + torch.nn.functional.softplus(D(fake, c))).mean().backward()
     out.update({f"D_grad.{k}": p.grad.clone() for k, p in D.named_parameters()})
     D.zero_grad()
-    # G phase through a frozen D
+    # G phase through a frozen D, unfrozen before G's backward (as the loop's strategy.frozen does)
     D.requires_grad_(False)
-    torch.nn.functional.softplus(-D(G(z, c), c)).mean().backward()
+    loss = torch.nn.functional.softplus(-D(G(z, c), c)).mean()
     D.requires_grad_(True)
+    loss.backward()
+    assert all(p.grad is None for p in D.parameters()), "the frozen D collected gradients"
     out.update({f"G_grad.{k}": p.grad.clone() for k, p in G.named_parameters()})
     # R1: a gradient of a gradient through checkpointed blocks
     D.zero_grad(set_to_none=True)
@@ -72,7 +74,12 @@ def test_checkpointing_keeps_fewer_activations(arch):
         G, D = build_nets(cfg.model, seed=0)
         c = torch.tensor([0, 1, 2, 0]) if cfg.model.num_classes else None
         sizes: list[int] = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+
+        def pack(t: torch.Tensor, sizes: list[int] = sizes) -> torch.Tensor:
+            sizes.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             D(G(torch.randn(4, 8), c), c).sum()
         saved.append(sum(sizes))
     assert saved[1] < 0.6 * saved[0], saved
