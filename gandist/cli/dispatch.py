@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gandist.cli import evaluate, generator, preflight, prepare, train
+from gandist.cli import estimate, evaluate, generator, preflight, prepare, train
 from gandist.cli.args import Command, HelpFormatter, split_words
 
 COMMANDS = {
     c.name: c
-    for c in [Command.of(train), Command.of(prepare), *generator.COMMANDS, Command.of(evaluate), Command.of(preflight)]
+    for c in [
+        Command.of(train),
+        Command.of(prepare),
+        *generator.COMMANDS,
+        Command.of(evaluate),
+        Command.of(preflight),
+        Command.of(estimate),
+    ]
 }
 
 
