@@ -79,7 +79,9 @@ class EqualLinear(nn.Module):
         self.lr_mul, self.act = lr_mul, act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.linear(x, self.weight * self.weight_gain, self.bias * self.lr_mul)
+        # the gain scales the output in place: a scaled copy of the weight would be one more copy of every
+        # weight per forward (saved for the backward), which dominates the memory of wide low-resolution nets
+        x = F.linear(x, self.weight).mul_(self.weight_gain).add_((self.bias * self.lr_mul).to(x.dtype))
         return F.leaky_relu(x, 0.2) * GAIN if self.act else x
 
 
@@ -94,7 +96,9 @@ class EqualConv2d(nn.Module):
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.conv2d(x, self.weight * self.weight_gain, self.bias, padding=self.weight.shape[-1] // 2)
+        x = F.conv2d(x, self.weight, padding=self.weight.shape[-1] // 2).mul_(self.weight_gain)  # see EqualLinear
+        if self.bias is not None:
+            x = x.add_(self.bias[None, :, None, None].to(x.dtype))
         return F.leaky_relu(x, 0.2) * GAIN if self.act else x
 
 
@@ -104,10 +108,10 @@ class ModulatedConv2d(nn.Module):
     With `demodulate`, each output channel's modulated weights are renormalised to unit norm,
     which replaces AdaIN's instance normalisation without its droplet artefacts. The modulation is
     applied to the activations instead of the weights (StyleGAN2-ADA's non-fused path): inputs
-    scaled by the styles, one convolution with the shared weights, outputs scaled by the
-    demodulation coefficients (s^2 . sum_k W^2)^-1/2, the same result as a grouped convolution with
-    per-sample weights but without materialising those (n x out x in x k x k: at 4x4 px with 512
-    channels ~140x the activations).
+    scaled by the styles (and the equalised-lr gain), one convolution with the shared weights,
+    outputs scaled by the demodulation coefficients (s^2 . sum_k W^2)^-1/2, the same result as a
+    grouped convolution with per-sample weights but without materialising those (n x out x in x k x k:
+    at 4x4 px with 512 channels ~140x the activations).
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, w_dim: int, demodulate: bool = True, up: bool = False):
@@ -118,14 +122,13 @@ class ModulatedConv2d(nn.Module):
         self.demodulate, self.up = demodulate, up
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        styles = self.affine(w)
-        weight = self.weight * self.weight_gain
+        styles = self.affine(w) * self.weight_gain  # the equalised-lr gain goes with the styles: no weight copy
         if self.up:
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        x = F.conv2d(x * styles[:, :, None, None].to(x.dtype), weight, padding=weight.shape[-1] // 2)
+        x = F.conv2d(x * styles[:, :, None, None].to(x.dtype), self.weight, padding=self.weight.shape[-1] // 2)
         if self.demodulate:  # |W_o . s|^2 = sum_i s_i^2 sum_k W_oik^2: one n x out matrix product
             at_least_fp32 = torch.promote_types(styles.dtype, torch.float32)  # fp32 under autocast
-            energy = weight.to(at_least_fp32).square().sum(dim=(2, 3)).t()
+            energy = self.weight.to(at_least_fp32).square().sum(dim=(2, 3)).t()
             d = (styles.to(at_least_fp32).square() @ energy + 1e-8).rsqrt()
             x = x * d[:, :, None, None].to(x.dtype)
         return x
