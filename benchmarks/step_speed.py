@@ -397,13 +397,13 @@ def main() -> None:
     p.add_argument("--nproc", type=int, default=1, help="processes for the synthetic step (--batch per process)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.worker == "synthetic":  # one rank of the launch main() checked: its world size is the launch's, not --nproc
+        synthetic_worker(a)
+        return
     if a.strategy in ("single", "ddp") and (a.nproc > 1) != (a.strategy == "ddp"):
         raise SystemExit("--strategy ddp needs --nproc >= 2, --strategy single needs --nproc 1")
     if a.nproc > 1 and not a.skip_train:
         raise SystemExit("--nproc > 1 measures the synthetic step only: add --skip-train")
-    if a.worker == "synthetic":
-        synthetic_worker(a)
-        return
     a.channels_last = resolve_channels_last(a)
     with_plain = a.arch == "dcgan"  # plain_gan.py is a DCGAN: the other architectures have no reference loop
     if with_plain and not PLAIN.is_file():

@@ -33,7 +33,7 @@ class ModelConfig:
     arch: Literal["dcgan", "resnet", "stylegan2"] = "dcgan"
     """Architecture of G and D: dcgan, resnet (SNGAN: spectral-norm D, projection head) or stylegan2 (compact)."""
     resolution: int = 32
-    """Image side in pixels (power of two: 32, 64 or 128)."""
+    """Image side in pixels, a power of two: 32, 64 or 128; stylegan2 also 256, 512 and 1024."""
     channels: int = 1
     """Image channels: 1 (grey) or 3 (RGB)."""
     z_dim: int = 100
@@ -46,12 +46,26 @@ class ModelConfig:
     """Classes of a class-conditional G and D (labels from the shards' cls, 0..num_classes-1); 0: unconditional."""
     d_mbstd: int = 0
     """ResNet D only: group size of a minibatch standard deviation layer at 4x4 (StyleGAN's; 4 is usual); 0: none."""
+    channel_base: int = 0
+    """StyleGAN2 only: > 0 gives StyleGAN2's channel schedule min(channel_base / r, channel_max) at r x r px for G
+    and D (the paper: 16384 at 256 px, 32768 at 1024 px) instead of the compact one from g_width and d_width."""
+    channel_max: int = 512
+    """StyleGAN2 only, with channel_base > 0: the most channels of any layer."""
+    mapping_layers: int = 2
+    """StyleGAN2 only: layers of the mapping network z -> w (the paper: 8)."""
+    activation_checkpointing: bool = False
+    """Recompute each block of G and D in the backward pass instead of keeping its activations: less memory per
+    image for about one more forward pass of compute (the same gradients)."""
 
     def validate(self) -> None:
         """Raise ConfigError for well-typed but impossible values."""
         res = self.resolution
-        if res not in (32, 64, 128):
-            raise ConfigError(f"key 'model.resolution' must be a power of two among 32, 64, 128, got {res}")
+        sizes = (32, 64, 128, 256, 512, 1024) if self.arch == "stylegan2" else (32, 64, 128)
+        if res not in sizes:
+            raise ConfigError(
+                f"key 'model.resolution' must be a power of two among {', '.join(map(str, sizes))} for "
+                f"model.arch={self.arch}, got {res}" + ("" if self.arch == "stylegan2" else " (stylegan2 goes to 1024)")
+            )
         if self.channels not in (1, 3):
             raise ConfigError(f"key 'model.channels' must be 1 or 3, got {self.channels}")
         for key in ("z_dim", "g_width", "d_width"):
@@ -62,6 +76,14 @@ class ModelConfig:
                 f"(got arch {self.arch!r}; stylegan2's D always has the layer)"
             )
         _at_least("model.num_classes", self.num_classes, 0)
+        _at_least("model.channel_base", self.channel_base, 0)
+        for key in ("channel_max", "mapping_layers"):
+            _at_least(f"model.{key}", getattr(self, key), 1, "a positive integer")
+        for key, default in (("channel_base", 0), ("mapping_layers", 2)):
+            if getattr(self, key) != default and self.arch != "stylegan2":
+                raise ConfigError(
+                    f"key 'model.{key}' = {getattr(self, key)} applies to model.arch=stylegan2 only (got {self.arch!r})"
+                )
         if self.num_classes > 0 and self.arch == "dcgan":
             raise ConfigError(
                 f"key 'model.num_classes' = {self.num_classes} needs a class-conditional architecture: "
@@ -290,6 +312,12 @@ class StrategyConfig:
     deepspeed_config: str = ""
     """DeepSpeed JSON (e.g. launch/deepspeed/zero2.json) to build both engines from, its 'auto' values filled
     from this config; empty: the launch config's deepspeed_config_file, else generated from this config."""
+    bucket_mb: float = 100.0
+    """DeepSpeed's memory-sized settings, in MiB of fp32 elements, where the JSON does not give them: each engine's
+    gradient bucket (reduce_bucket_size, allgather_bucket_size) and under ZeRO-3 the prefetch bucket, the most
+    parameters gathered at once (stage3_max_live_parameters, stage3_max_reuse_distance) and the optimizer
+    sub-group (sub_group_size). DeepSpeed's defaults are sized for large transformers (a 2 GB fp32 gradient
+    bucket per engine); `gandist estimate` counts these."""
 
     def validate(self) -> None:
         """Raise ConfigError for impossible values (the launch environment is checked at start-up)."""
@@ -306,6 +334,7 @@ class StrategyConfig:
             _at_least("strategy.gradient_accumulation", self.gradient_accumulation, 1, ">= 1 (or null)")
         if self.grad_clip is not None:
             _at_least("strategy.grad_clip", self.grad_clip, 0, ">= 0 (0: off; or null)")
+        _positive("strategy.bucket_mb", self.bucket_mb)
 
 
 @dataclass

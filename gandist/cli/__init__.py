@@ -8,6 +8,7 @@ prepare.py     gandist prepare
 generator.py   gandist sample | interpolate | generate | export
 evaluate.py    gandist evaluate
 preflight.py   gandist preflight (what a batch script checks before it launches)
+estimate.py    gandist estimate (memory per rank per strategy, and what fits a device)
 """
 
 from gandist.cli.dispatch import main

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gandist.cli import config, evaluate, generator, preflight, prepare, train
+from gandist.cli import config, estimate, evaluate, generator, preflight, prepare, train
 from gandist.cli.args import Command, HelpFormatter, guarded, split_words
 
 COMMANDS = {
@@ -17,6 +17,7 @@ COMMANDS = {
         *generator.COMMANDS,
         Command.of(evaluate),
         Command.of(preflight),
+        Command.of(estimate),
     ]
 }
 

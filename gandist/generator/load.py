@@ -1,11 +1,13 @@
 """A trained generator ready for inference: found in a run, a checkpoint folder or a state.pt, and loaded.
 
     run folder | checkpoint folder | state.pt   --find_checkpoint-->  checkpoints/step-N/ (COMPLETE)
-        --load_trained-->  G_ema (or G) in eval mode + its config     (reads state.pt only)
+        --load_trained-->  G_ema (or G) in eval mode + its config     (reads state.pt [+ ZeRO-3 partitions])
 
-Only `state.pt` is read (full "G", "G_ema" and "config"), which every checkpoint holds, DeepSpeed
-ones included. BatchNorm generators are run in eval mode (running statistics), as the trainer's
-sample grids are, so an image depends on its own z only and not on the rest of the batch.
+`state.pt` is read (full "G", "G_ema" and "config"), which every checkpoint holds, DeepSpeed ones
+included; a ZeRO-3 checkpoint keeps the weights partitioned, one file per rank, and they are
+assembled here one parameter at a time (training/checkpoint.py: net_state). BatchNorm generators are
+run in eval mode (running statistics), as the trainer's sample grids are, so an image depends on its
+own z only and not on the rest of the batch.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import nn
 
 from gandist.config import Config, ConfigError, from_dict
 from gandist.models import build_generator
-from gandist.training.checkpoint import STATE_FILE, find_checkpoint, load_checkpoint
+from gandist.training.checkpoint import STATE_FILE, find_checkpoint, load_checkpoint, net_state
 
 NETS = ("G_ema", "G")
 
@@ -69,16 +71,19 @@ def load_trained(path: str | Path, net: str = "G_ema", device: str | torch.devic
         raise SamplingError(f"net {net!r} is not one of {', '.join(NETS)}")
     ckpt = find_checkpoint(path)
     state, _ = load_checkpoint(ckpt, rank=None)
-    missing = [k for k in (net, "config") if k not in state]
-    if missing:
-        raise SamplingError(f"{ckpt / STATE_FILE} has no {', '.join(missing)} (keys: {', '.join(sorted(state))})")
+    if "config" not in state:
+        raise SamplingError(f"{ckpt / STATE_FILE} has no config (keys: {', '.join(sorted(state))})")
     try:
         cfg = from_dict(state["config"], source=f"config in {ckpt / STATE_FILE}")
     except ConfigError as e:
         raise SamplingError(str(e)) from None
+    try:
+        weights = net_state(ckpt, state, net)
+    except KeyError:
+        raise SamplingError(f"{ckpt / STATE_FILE} has no {net} (keys: {', '.join(sorted(state))})") from None
     G = build_generator(cfg.model)
     try:
-        G.load_state_dict(state[net])
+        G.load_state_dict(weights)
     except RuntimeError as e:
         raise SamplingError(f"{ckpt / STATE_FILE}: {net} does not fit the model its config describes: {e}") from None
     return TrainedGenerator(prepare_for_inference(G, device), cfg, ckpt, net, state.get("nimg"))

@@ -16,7 +16,7 @@ from gandist.metrics.evaluator import Evaluator
 from gandist.metrics.reference import ReferenceSpec
 from gandist.models import build_generator
 from gandist.strategy import Strategy, make_accelerator
-from gandist.training.checkpoint import find_checkpoint, load_checkpoint
+from gandist.training.checkpoint import find_checkpoint, load_checkpoint, net_state
 from gandist.training.ema import refresh_batchnorm_stats
 
 
@@ -45,7 +45,7 @@ def evaluate(
     try:
         m = cfg.model
         G = build_generator(m)
-        G.load_state_dict(shared[net])
+        G.load_state_dict(net_state(folder, shared, net))
         G = G.to(strategy.device).eval()
         if net == "G_ema":  # as the training loop does before using G_ema (a no-op for its own checkpoints)
             refresh_batchnorm_stats(G, m.z_dim, m.num_classes, strategy.device, seed=cfg.train.seed)

@@ -30,11 +30,15 @@ def build_models(
     d_width: int,
     num_classes: int = 0,
     d_mbstd: int = 0,
+    channel_base: int = 0,
+    channel_max: int = 512,
+    mapping_layers: int = 2,
 ) -> tuple[nn.Module, nn.Module]:
     """Return (G, D) for an architecture name; num_classes > 0 makes both class-conditional.
 
-    d_mbstd > 0 adds a minibatch standard deviation layer (that group size) to the ResNet D. Which
-    combinations make sense is the model config's business (ModelConfig.validate).
+    d_mbstd > 0 adds a minibatch standard deviation layer (that group size) to the ResNet D; channel_base,
+    channel_max and mapping_layers shape the StyleGAN2. Which combinations make sense is the model config's
+    business (ModelConfig.validate).
     """
     if arch == "dcgan":
         return (
@@ -49,9 +53,18 @@ def build_models(
             ),
         )
     if arch == "stylegan2":
+        schedule = {"channel_base": channel_base, "channel_max": channel_max}
         return (
-            StyleGAN2Generator(resolution, z_dim=z_dim, width=g_width, channels=channels, num_classes=num_classes),
-            StyleGAN2Discriminator(resolution, width=d_width, channels=channels, num_classes=num_classes),
+            StyleGAN2Generator(
+                resolution,
+                z_dim=z_dim,
+                width=g_width,
+                channels=channels,
+                num_classes=num_classes,
+                mapping_layers=mapping_layers,
+                **schedule,
+            ),
+            StyleGAN2Discriminator(resolution, width=d_width, channels=channels, num_classes=num_classes, **schedule),
         )
     raise ValueError(f"unknown architecture {arch!r} (known: {', '.join(ARCHS)})")
 
@@ -63,9 +76,22 @@ def build_nets(model: ModelConfig, seed: int) -> tuple[nn.Module, nn.Module]:
     """
     torch.manual_seed(seed)
     m = model
-    return build_models(
-        m.arch, m.resolution, m.channels, m.z_dim, m.g_width, m.d_width, num_classes=m.num_classes, d_mbstd=m.d_mbstd
+    nets = build_models(
+        m.arch,
+        m.resolution,
+        m.channels,
+        m.z_dim,
+        m.g_width,
+        m.d_width,
+        num_classes=m.num_classes,
+        d_mbstd=m.d_mbstd,
+        channel_base=m.channel_base,
+        channel_max=m.channel_max,
+        mapping_layers=m.mapping_layers,
     )
+    for net in nets:
+        net.activation_checkpointing = m.activation_checkpointing
+    return nets
 
 
 def build_generator(model: ModelConfig) -> nn.Module:

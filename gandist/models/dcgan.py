@@ -19,6 +19,8 @@ import math
 import torch
 from torch import nn
 
+from gandist.models.layers import run_sequential
+
 
 def _num_scalings(resolution: int) -> int:
     if resolution < 8 or 2 ** int(math.log2(resolution)) != resolution:
@@ -28,6 +30,9 @@ def _num_scalings(resolution: int) -> int:
 
 class Generator(nn.Module):
     """z -> image. Accepts z as N x z_dim or N x z_dim x 1 x 1."""
+
+    activation_checkpointing = False
+    """Recompute each conv-BatchNorm-ReLU layer in the backward pass instead of keeping its activations."""
 
     def __init__(self, resolution: int = 64, z_dim: int = 100, width: int = 64, channels: int = 3):
         super().__init__()
@@ -50,11 +55,14 @@ class Generator(nn.Module):
         _unconditional(c)
         if z.dim() == 2:
             z = z[:, :, None, None]
-        return self.main(z)
+        return run_sequential(self.main, z, _layer_ends(self.main), self.activation_checkpointing)
 
 
 class Discriminator(nn.Module):
     """image -> one real/fake logit per image (shape N x 1)."""
+
+    activation_checkpointing = False
+    """Recompute each conv-BatchNorm-LeakyReLU layer in the backward pass instead of keeping its activations."""
 
     def __init__(self, resolution: int = 64, width: int = 64, channels: int = 3):
         super().__init__()
@@ -71,7 +79,12 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         _unconditional(c)
-        return self.main(x)
+        return run_sequential(self.main, x, _layer_ends(self.main), self.activation_checkpointing)
+
+
+def _layer_ends(main: nn.Sequential) -> list[int]:
+    """Indices of the activations that end each layer (the checkpointed segments)."""
+    return [i for i, m in enumerate(main) if isinstance(m, (nn.ReLU, nn.LeakyReLU))]
 
 
 def _unconditional(c: torch.Tensor | None) -> None:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from gandist.models.layers import minibatch_stddev
+from gandist.models.layers import minibatch_stddev, run_block
 
 
 def channels_at(resolution: int, r: int, width: int) -> int:
@@ -92,6 +92,9 @@ class GBlock(nn.Module):
 class ResNetGenerator(nn.Module):
     """z (and class labels c when conditional) -> image in [-1, 1]."""
 
+    activation_checkpointing = False
+    """Recompute each residual block in the backward pass instead of keeping its activations."""
+
     def __init__(
         self, resolution: int = 32, z_dim: int = 128, width: int = 64, channels: int = 3, num_classes: int = 0
     ):
@@ -116,7 +119,7 @@ class ResNetGenerator(nn.Module):
         _check_labels(c, self.num_classes, "ResNetGenerator")
         h = self.linear(z.flatten(1)).view(z.shape[0], self.top_ch, 4, 4)
         for block in self.blocks:
-            h = block(h, c)
+            h = run_block(block, [block], h, c, checkpointed=self.activation_checkpointing)
         return torch.tanh(self.to_image(F.relu(self.bn(h))))
 
 
@@ -141,6 +144,9 @@ class DBlock(nn.Module):
 class ResNetDiscriminator(nn.Module):
     """image (and class labels c when conditional) -> one logit per image (N x 1)."""
 
+    activation_checkpointing = False
+    """Recompute each residual block in the backward pass instead of keeping its activations."""
+
     def __init__(
         self, resolution: int = 32, width: int = 64, channels: int = 3, num_classes: int = 0, mbstd_group: int = 0
     ):
@@ -162,7 +168,9 @@ class ResNetDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         _check_labels(c, self.num_classes, "ResNetDiscriminator")
-        h = F.relu(self.blocks(x))
+        for block in self.blocks:
+            x = run_block(block, [block], x, checkpointed=self.activation_checkpointing)
+        h = F.relu(x)
         if self.mbstd_conv is not None:
             h = F.relu(self.mbstd_conv(minibatch_stddev(h, self.mbstd_group)))
         h = h.sum(dim=(2, 3))

@@ -14,8 +14,12 @@ conditional, the last layer outputs a vector that is projected on an embedding o
 
 Compared to the paper this leaves out the FIR up/down-sampling filters (bilinear and average
 pooling instead), style mixing, path length regularisation and the custom CUDA ops. Channels at
-r x r are width * min(8, resolution / r). Parameter counts, z_dim = w_dim = 128, 2 mapping
-layers (unconditional / 10 classes):
+r x r are width * min(8, resolution / r) (the compact schedule), or StyleGAN2's own schedule
+min(channel_base / r, channel_max) when channel_base > 0 (configs/stylegan2_*.yaml: the paper's
+channel_base 16384 at 256 px and 32768 at 1024 px, channel_max 512). With `activation_checkpointing`
+each synthesis and discriminator block is recomputed in the backward pass instead of keeping its
+activations (layers.run_block). Parameter counts, z_dim = w_dim = 128, 2 mapping layers
+(unconditional / 10 classes):
 
     resolution  width   G (1 ch)                  D (1 ch)
     32          64      5,088,587 / 5,106,379     9,055,681 / 9,323,456
@@ -27,18 +31,22 @@ layers (unconditional / 10 classes):
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gandist.models.layers import minibatch_stddev
+from gandist.models.layers import minibatch_stddev, run_block
 
 GAIN = math.sqrt(2.0)  # keeps activation magnitudes through leaky ReLU(0.2), as in StyleGAN
 
 
-def channels_at(resolution: int, r: int, width: int) -> int:
-    """Channels of the layers working at r x r px in a net for `resolution` px images."""
+def channels_at(resolution: int, r: int, width: int, channel_base: int = 0, channel_max: int = 512) -> int:
+    """Channels of the layers working at r x r px in a net for `resolution` px images: the compact schedule
+    width * min(8, resolution / r), or StyleGAN2's min(channel_base / r, channel_max) when channel_base > 0."""
+    if channel_base > 0:
+        return max(1, min(channel_base // r, channel_max))
     return width * min(8, resolution // r)
 
 
@@ -71,7 +79,9 @@ class EqualLinear(nn.Module):
         self.lr_mul, self.act = lr_mul, act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.linear(x, self.weight * self.weight_gain, self.bias * self.lr_mul)
+        # the gain scales the output in place: a scaled copy of the weight would be one more copy of every
+        # weight per forward (saved for the backward), which dominates the memory of wide low-resolution nets
+        x = F.linear(x, self.weight).mul_(self.weight_gain).add_((self.bias * self.lr_mul).to(x.dtype))
         return F.leaky_relu(x, 0.2) * GAIN if self.act else x
 
 
@@ -86,7 +96,9 @@ class EqualConv2d(nn.Module):
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.conv2d(x, self.weight * self.weight_gain, self.bias, padding=self.weight.shape[-1] // 2)
+        x = F.conv2d(x, self.weight, padding=self.weight.shape[-1] // 2).mul_(self.weight_gain)  # see EqualLinear
+        if self.bias is not None:
+            x = x.add_(self.bias[None, :, None, None].to(x.dtype))
         return F.leaky_relu(x, 0.2) * GAIN if self.act else x
 
 
@@ -94,8 +106,12 @@ class ModulatedConv2d(nn.Module):
     """Convolution whose weights are scaled per sample and input channel by styles from w.
 
     With `demodulate`, each output channel's modulated weights are renormalised to unit norm,
-    which replaces AdaIN's instance normalisation without its droplet artefacts. One grouped
-    convolution runs the whole batch (one group per sample).
+    which replaces AdaIN's instance normalisation without its droplet artefacts. The modulation is
+    applied to the activations instead of the weights (StyleGAN2-ADA's non-fused path): inputs
+    scaled by the styles (and the equalised-lr gain), one convolution with the shared weights,
+    outputs scaled by the demodulation coefficients (s^2 . sum_k W^2)^-1/2, the same result as a
+    grouped convolution with per-sample weights but without materialising those (n x out x in x k x k:
+    at 4x4 px with 512 channels ~140x the activations).
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, w_dim: int, demodulate: bool = True, up: bool = False):
@@ -106,17 +122,16 @@ class ModulatedConv2d(nn.Module):
         self.demodulate, self.up = demodulate, up
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        n, in_ch, _, _ = x.shape
-        styles = self.affine(w)
-        weight = self.weight[None] * self.weight_gain * styles[:, None, :, None, None]
-        if self.demodulate:
-            weight = weight * (weight.square().sum(dim=(2, 3, 4), keepdim=True) + 1e-8).rsqrt()
+        styles = self.affine(w) * self.weight_gain  # the equalised-lr gain goes with the styles: no weight copy
         if self.up:
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        out_ch, k = weight.shape[1], weight.shape[-1]
-        h, w_ = x.shape[2:]
-        x = F.conv2d(x.reshape(1, n * in_ch, h, w_), weight.reshape(n * out_ch, in_ch, k, k), padding=k // 2, groups=n)
-        return x.reshape(n, out_ch, h, w_)
+        x = F.conv2d(x * styles[:, :, None, None].to(x.dtype), self.weight, padding=self.weight.shape[-1] // 2)
+        if self.demodulate:  # |W_o . s|^2 = sum_i s_i^2 sum_k W_oik^2: one n x out matrix product
+            at_least_fp32 = torch.promote_types(styles.dtype, torch.float32)  # fp32 under autocast
+            energy = self.weight.to(at_least_fp32).square().sum(dim=(2, 3)).t()
+            d = (styles.to(at_least_fp32).square() @ energy + 1e-8).rsqrt()
+            x = x * d[:, :, None, None].to(x.dtype)
+        return x
 
 
 class SynthesisLayer(nn.Module):
@@ -125,7 +140,9 @@ class SynthesisLayer(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, w_dim: int, up: bool = False):
         super().__init__()
         self.conv = ModulatedConv2d(in_ch, out_ch, 3, w_dim, up=up)
-        self.noise_strength = nn.Parameter(torch.zeros(()))
+        # shape (1,), not (): DeepSpeed's engines view every parameter as bytes, which a 0-d tensor refuses
+        self.noise_strength = nn.Parameter(torch.zeros(1))
+        self.register_load_state_dict_pre_hook(_scalar_noise_strength)
         self.bias = nn.Parameter(torch.zeros(out_ch))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -133,6 +150,13 @@ class SynthesisLayer(nn.Module):
         noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], device=x.device, dtype=x.dtype)
         x = x + noise * self.noise_strength + self.bias[None, :, None, None]
         return F.leaky_relu(x, 0.2) * GAIN
+
+
+def _scalar_noise_strength(module, state_dict, prefix, *args) -> None:
+    """Checkpoints written before noise_strength had shape (1,) hold it as a 0-d tensor: reshape on load."""
+    key = prefix + "noise_strength"
+    if key in state_dict and state_dict[key].dim() == 0:
+        state_dict[key] = state_dict[key].reshape(1)
 
 
 class ToRGB(nn.Module):
@@ -204,6 +228,9 @@ class MappingNetwork(nn.Module):
 class StyleGAN2Generator(nn.Module):
     """z (and class labels c when conditional) -> image (about [-1, 1]; not squashed, as in StyleGAN)."""
 
+    activation_checkpointing = False
+    """Recompute each synthesis block in the backward pass instead of keeping its activations."""
+
     def __init__(
         self,
         resolution: int = 32,
@@ -213,29 +240,23 @@ class StyleGAN2Generator(nn.Module):
         num_classes: int = 0,
         w_dim: int | None = None,
         mapping_layers: int = 2,
+        channel_base: int = 0,
+        channel_max: int = 512,
     ):
         super().__init__()
         self.resolution, self.z_dim, self.channels, self.num_classes = resolution, z_dim, channels, num_classes
         w_dim = w_dim or z_dim
         self.mapping = MappingNetwork(z_dim, w_dim, mapping_layers, num_classes)
         res = [4 * 2**i for i in range(_num_blocks(resolution))]
-        self.blocks = nn.ModuleList(
-            SynthesisBlock(
-                channels_at(resolution, max(r // 2, 4), width),
-                channels_at(resolution, r, width),
-                w_dim,
-                channels,
-                r == 4,
-            )
-            for r in res
-        )
+        ch = partial(channels_at, resolution, width=width, channel_base=channel_base, channel_max=channel_max)
+        self.blocks = nn.ModuleList(SynthesisBlock(ch(max(r // 2, 4)), ch(r), w_dim, channels, r == 4) for r in res)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0) -> torch.Tensor:
         _check_labels(c, self.num_classes, "StyleGAN2Generator")
         w = self.mapping(z, c, truncation_psi)
         x = img = None
         for block in self.blocks:
-            x, img = block(x, img, w)
+            x, img = run_block(block, [block], x, img, w, checkpointed=self.activation_checkpointing)
         return img
 
 
@@ -257,22 +278,27 @@ class DiscriminatorBlock(nn.Module):
 class StyleGAN2Discriminator(nn.Module):
     """image (and class labels c when conditional) -> one logit per image (N x 1)."""
 
-    def __init__(self, resolution: int = 32, width: int = 64, channels: int = 3, num_classes: int = 0):
+    activation_checkpointing = False
+    """Recompute each discriminator block in the backward pass instead of keeping its activations."""
+
+    def __init__(
+        self,
+        resolution: int = 32,
+        width: int = 64,
+        channels: int = 3,
+        num_classes: int = 0,
+        channel_base: int = 0,
+        channel_max: int = 512,
+    ):
         super().__init__()
         self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
         n_down = _num_blocks(resolution) - 1
-        top = channels_at(resolution, resolution, width)
-        self.from_rgb = EqualConv2d(channels, top, 1)
+        at = partial(channels_at, resolution, width=width, channel_base=channel_base, channel_max=channel_max)
+        self.from_rgb = EqualConv2d(channels, at(resolution), 1)
         self.blocks = nn.Sequential(
-            *(
-                DiscriminatorBlock(
-                    channels_at(resolution, resolution // 2**i, width),
-                    channels_at(resolution, resolution // 2 ** (i + 1), width),
-                )
-                for i in range(n_down)
-            )
+            *(DiscriminatorBlock(at(resolution // 2**i), at(resolution // 2 ** (i + 1))) for i in range(n_down))
         )
-        ch = channels_at(resolution, 4, width)
+        ch = at(4)
         self.conv = EqualConv2d(ch + 1, ch, 3)
         self.fc = EqualLinear(ch * 16, ch, act=True)
         self.cmap_dim = ch if num_classes > 0 else 1
@@ -281,7 +307,9 @@ class StyleGAN2Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         _check_labels(c, self.num_classes, "StyleGAN2Discriminator")
-        x = self.blocks(self.from_rgb(x))
+        x = self.from_rgb(x)
+        for block in self.blocks:
+            x = run_block(block, [block], x, checkpointed=self.activation_checkpointing)
         x = self.conv(minibatch_stddev(x))
         x = self.out(self.fc(x.flatten(1)))
         if self.embed is not None:

@@ -7,7 +7,9 @@ The training loop never touches DDP wrappers, scalers or optimizers directly. It
     strategy.frozen("D")             D's raw module with requires_grad off, for the G phase
     strategy.backward("D", loss)     backward one micro-batch of the open optimizer step of D
     strategy.step("D")               close it: clip, step the optimizer, clear the gradients
-    strategy.gathered("G")           the module with full parameters (for G_ema, sampling, digests)
+    strategy.gathered("G")           the module with full parameters (sampling, digests)
+    strategy.add_ema("G_ema", "G") / update_ema("G_ema", beta) / ema("G_ema")   G_ema, held as G is (ema.py)
+    strategy.digest("G")             a checksum of a net's (or G_ema's) full weights, the same on every rank
     strategy.checkpoint_state() / save_engine_states(folder) / load_state(folder, shared)
     strategy.reduce_mean / reduce_max / all_ok / broadcast_object / gather_objects / all_gather_rows / barrier
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import gc
+import hashlib
 import os
 import sys
 from collections.abc import Iterator
@@ -34,6 +37,7 @@ from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwar
 from torch import nn
 
 from gandist.config import ConfigError, StrategyConfig
+from gandist.strategy.ema import FullEma
 from gandist.strategy.launch import ENV_USE_DEEPSPEED
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -49,7 +53,8 @@ def make_accelerator(
     `log_with` and `logging_dir` go to accelerate's tracker API (gandist/reporting/trackers.py starts them).
     """
     cuda = torch.cuda.is_available()
-    handlers = [DistributedDataParallelKwargs(broadcast_buffers=True)]
+    # gradients as views into DDP's all-reduce buckets: the buckets are the gradients' memory, not a second copy
+    handlers = [DistributedDataParallelKwargs(broadcast_buffers=True, gradient_as_bucket_view=True)]
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         timeout = datetime.timedelta(seconds=cfg.timeout_s)
         handlers.append(InitProcessGroupKwargs(backend="nccl" if cuda else "gloo", timeout=timeout))
@@ -120,6 +125,7 @@ class Strategy:
         self.accumulation = accumulation
         self.grad_clip = grad_clip
         self.nets: dict[str, _Net] = {}
+        self.emas: dict[str, FullEma] = {}
         if self.world_size == 1:
             self.name = "single"
         self._cpu_group = None  # collectives on host values (votes, flags): gloo, never a device sync
@@ -154,6 +160,50 @@ class Strategy:
     def module(self, name: str) -> nn.Module:
         """The plain module (no wrapper)."""
         return self.nets[name].module
+
+    def add_ema(self, name: str, source: str) -> None:
+        """Register an exponential moving average of net `source`'s weights (G_ema of G), held as `source` is."""
+        self.emas[name] = FullEma(self.nets[source].module)
+
+    @property
+    def collective_ema(self) -> bool:
+        """Whether running an EMA is a collective (ZeRO-3): then every rank makes the same G_ema calls."""
+        return False
+
+    def update_ema(self, name: str, beta: float) -> None:
+        """One EMA step: average <- beta * average + (1 - beta) * source; buffers copied. Local on every rank."""
+        self.emas[name].update(beta)
+
+    @contextlib.contextmanager
+    def ema(self, name: str) -> Iterator[nn.Module]:
+        """The averaged net as a module to run, gradients off. A collective under ZeRO-3: every rank must enter
+        and make the same forward calls."""
+        with self.emas[name].using() as module:
+            yield module
+
+    def full_parameters(self, name: str) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, full tensor) of every parameter of a net or an EMA, one at a time: under ZeRO-3 each is
+        gathered while it is yielded (a collective), so use or copy it before asking for the next."""
+        with contextlib.ExitStack() as stack:
+            module = stack.enter_context(self.ema(name)) if name in self.emas else self.nets[name].module
+            for pname, p in module.named_parameters():
+                with self._gathered_parameter(p):
+                    yield pname, p.detach()
+
+    def _gathered_parameter(self, p: nn.Parameter) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def digest(self, name: str) -> str:
+        """SHA-256 (16 hex digits) of a net's or an EMA's full parameters and buffers; a collective under ZeRO-3
+        (parameters gathered one at a time)."""
+        h = hashlib.sha256()
+        for pname, p in self.full_parameters(name):
+            digest_update(h, pname, p)
+        with contextlib.ExitStack() as stack:
+            module = stack.enter_context(self.ema(name)) if name in self.emas else self.nets[name].module
+            for bname, b in module.named_buffers():
+                digest_update(h, bname, b)
+        return h.hexdigest()[:16]
 
     def optimizer(self, name: str) -> torch.optim.Optimizer:
         """The net's optimizer (its param_groups hold the learning rate)."""
@@ -294,11 +344,21 @@ class Strategy:
 
         A collective under ZeRO-3 (every rank must call it); the values matter on rank 0 only.
         """
+        self._sync_all_buffers()
         state: dict = {name: net.module.state_dict() for name, net in self.nets.items()}
+        state.update({name: ema.module.state_dict() for name, ema in self.emas.items()})
         for name, net in self.nets.items():
             state[f"opt_{name}"] = net.optimizer.state_dict()
             state[f"scaler_{name}"] = net.scaler.state_dict()
         return state
+
+    def _sync_all_buffers(self) -> None:
+        """Rank 0's buffers on every rank, for every net and EMA: a checkpoint holds one set (a collective)."""
+        for net in self.nets.values():
+            self.sync_buffers(net.module)
+        for name in self.emas:
+            with self.ema(name) as module:
+                self.sync_buffers(module)
 
     def save_engine_states(self, folder: Path) -> None:
         """Write sharded per-rank states into the checkpoint folder (every rank calls it); none here."""
@@ -316,6 +376,8 @@ class Strategy:
             net.module.load_state_dict(shared[name])
             net.optimizer.load_state_dict(shared[f"opt_{name}"])
             net.scaler.load_state_dict(shared[f"scaler_{name}"])
+        for name, ema in self.emas.items():
+            ema.module.load_state_dict(shared[name])
 
     def reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """Mean of a tensor over all ranks (a collective: every rank must call it)."""
@@ -409,3 +471,17 @@ class Strategy:
             net.wrapped = net.module
         self.accelerator.free_memory()
         gc.collect()
+
+
+def param_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's parameters and buffers (order and bytes): equal iff bit-identical."""
+    h = hashlib.sha256()
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        digest_update(h, name, t)
+    return h.hexdigest()[:16]
+
+
+def digest_update(h: Any, name: str, t: torch.Tensor) -> None:
+    """Add one named tensor to a running digest."""
+    h.update(name.encode())
+    h.update(t.detach().float().cpu().contiguous().numpy().tobytes())

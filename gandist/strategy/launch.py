@@ -53,6 +53,8 @@ class StrategyPlan:
     """Where deepspeed_json came from."""
     source: str = "gandist config"
     """'accelerate DeepSpeed launch' or 'gandist config'."""
+    bucket_mb: float = 100.0
+    """strategy.bucket_mb: DeepSpeed's bucket, gathering and sub-group sizes (zero_config.py)."""
 
 
 def _agree(values: list[tuple[str, Any]], what: str) -> Any:
@@ -169,6 +171,7 @@ def plan_strategy(cfg: StrategyConfig, precision: str, world_size: int, environ:
             deepspeed_json=data,
             deepspeed_json_path=json_path or "",
             source="accelerate DeepSpeed launch" if ds_launch else "gandist config",
+            bucket_mb=cfg.bucket_mb,
         )
     name = cfg.name if cfg.name != "auto" else ("ddp" if world_size > 1 else "single")
     if name == "single" and world_size > 1:

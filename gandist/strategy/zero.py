@@ -29,8 +29,11 @@ from accelerate import Accelerator
 from torch import nn
 
 from gandist.config import ConfigError
+from gandist.files import atomic_write
 from gandist.loading import UnsafeFile, load_plain
+from gandist.strategy import sharded_state
 from gandist.strategy.base import Strategy, _Net
+from gandist.strategy.ema import ShardedEma
 from gandist.strategy.launch import StrategyPlan
 from gandist.strategy.zero_config import build_deepspeed_config
 
@@ -110,6 +113,24 @@ def _ensure_process_group(device: torch.device, timeout_s: int) -> None:
     )
 
 
+def _load_buffers(src: dict, dst: nn.Module) -> None:
+    """Copy a saved module state's buffers into a module (DeepSpeed's custom_load_fn)."""
+    buffers = dict(dst.named_buffers())
+    missing = sorted(set(buffers) - set(src))
+    if missing:
+        raise RuntimeError(f"the saved module state has no buffers {missing}")
+    with torch.no_grad():
+        for key, buffer in buffers.items():
+            buffer.copy_(src[key])
+
+
+def _partitioned(params: list[nn.Parameter]) -> list[nn.Parameter]:
+    """The ZeRO-3 parameters among `params` that are not gathered now."""
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    return [p for p in params if p.ds_status != ZeroParamStatus.AVAILABLE]
+
+
 class ZeroStrategy(Strategy):
     """G and D each in their own DeepSpeed engine at ZeRO stage `plan.zero_stage`."""
 
@@ -145,6 +166,7 @@ class ZeroStrategy(Strategy):
             world_size=self.world_size,
             grad_clip=self.grad_clip if self.zero_stage > 0 else 0.0,
             optimizer_defaults={k: group[k] for k in ("lr", "betas", "eps", "weight_decay") if k in group},
+            bucket_mb=self.plan.bucket_mb,
         )
         own_optimizer = "optimizer" in config
         engine, ds_optimizer, _, _ = self.deepspeed.initialize(
@@ -246,28 +268,68 @@ class ZeroStrategy(Strategy):
         if self.zero_stage != 3:
             yield module
             return
-        with self.deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        params = _partitioned(list(module.parameters()))  # whole ones stay as they are
+        with self.deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=bool(params)):
             yield module
 
-    def checkpoint_state(self) -> dict:
-        """Full state dicts 'G', 'D' (gathered under ZeRO-3; every rank must call it) and what wrote them.
+    def add_ema(self, name: str, source: str) -> None:
+        """G_ema of G: under ZeRO-3 this rank's partitions of G's parameters (ema.ShardedEma), else a full copy."""
+        if self.zero_stage != 3:
+            super().add_ema(name, source)
+            return
+        self.emas[name] = ShardedEma(self.nets[source].module, release=self.engines[source].empty_partition_cache)
 
-        Optimizer and loss-scaler states are sharded: the engines write them (save_engine_states).
-        """
+    @property
+    def collective_ema(self) -> bool:
+        """Under ZeRO-3 G_ema runs on G's module, whose layers gather their partitions: a collective."""
+        return self.zero_stage == 3
+
+    def _gathered_parameter(self, p: nn.Parameter) -> contextlib.AbstractContextManager:
+        """Under ZeRO-3 one partitioned parameter gathered (persistent ones are whole already: gathering them
+        would partition them on exit)."""
+        if self.zero_stage != 3:
+            return contextlib.nullcontext()
+        return self.deepspeed.zero.GatheredParameters(
+            _partitioned([p]), modifier_rank=None, enabled=bool(_partitioned([p]))
+        )
+
+    def _sync_all_buffers(self) -> None:
+        if self.zero_stage != 3:
+            super()._sync_all_buffers()
+            return
+        for net in self.nets.values():
+            self.sync_buffers(net.module)
+        for buffer in (b for ema in self.emas.values() for b in ema.buffers) if self.world_size > 1 else ():
+            torch.distributed.broadcast(buffer, src=0)
+
+    def checkpoint_state(self) -> dict:
+        """What state.pt holds for the nets (every rank must call it): full G, D, G_ema at ZeRO 0-2 (on rank 0);
+        under ZeRO-3 nothing is gathered: each rank writes its partitions (save_engine_states) and state.pt
+        names them. Optimizer and loss-scale states are sharded: the engines write them."""
+        self._sync_all_buffers()
         state: dict = {}
-        for name in self.nets:
-            with self.gathered(name) as module:
-                if self.is_main:
-                    state[name] = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        if self.zero_stage == 3:
+            state["partitioned"] = {"nets": [*self.nets, *self.emas], "world_size": self.world_size}
+        elif self.is_main:
+            modules = {name: net.module for name, net in self.nets.items()}
+            modules.update({name: ema.module for name, ema in self.emas.items()})
+            for name, module in modules.items():
+                state[name] = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
         for name, net in self.nets.items():
             state[f"scaler_{name}"] = net.scaler.state_dict()  # DeepSpeed's checkpoint does not hold our scale
         state["strategy"] = {"name": "deepspeed", "zero_stage": self.zero_stage, "world_size": self.world_size}
         return state
 
     def save_engine_states(self, folder: Path) -> None:
-        """Every rank writes its shards: engine G to folder/ds_G, engine D to folder/ds_D."""
+        """Every rank writes its shards: engine G to folder/ds_G, engine D to folder/ds_D, and under ZeRO-3 its
+        partitions of G, D and G_ema to folder/nets-rank-R.pt (sharded_state.py)."""
         for name, engine in self.engines.items():
             engine.save_checkpoint(str(Path(folder) / f"ds_{name}"), tag=TAG, save_latest=False)
+        if self.zero_stage == 3:
+            nets = {name: sharded_state.net_entry_of(net.module) for name, net in self.nets.items()}
+            nets.update({name: sharded_state.ema_entry(ema) for name, ema in self.emas.items()})
+            state = sharded_state.rank_state(self.rank, self.world_size, nets)
+            atomic_write(sharded_state.rank_file(folder, self.rank), lambda tmp: torch.save(state, tmp), durable=True)
 
     def _check_engine_files(self, folder: Path) -> None:
         """Refuse engine files that hold more than plain data and DeepSpeed's own record types: DeepSpeed reads
@@ -302,8 +364,25 @@ class ZeroStrategy(Strategy):
                     f"checkpoint {folder} has no DeepSpeed state for {name} ({path / TAG} missing; written by "
                     f"{written_by}): resume it with the strategy that wrote it, or start a new run (resume=never)"
                 )
-            load_path, _ = engine.load_checkpoint(str(path), tag=TAG, load_lr_scheduler_states=False)
+            load_path, _ = engine.load_checkpoint(
+                str(path),
+                tag=TAG,
+                load_lr_scheduler_states=False,
+                # ZeRO-3: parameters come from the optimizer's fp32 partitions; DeepSpeed's own module load would
+                # refuse the parameters it keeps whole (saved whole, partitioned at load): buffers only
+                custom_load_fn=_load_buffers if self.zero_stage == 3 else None,
+            )
             if load_path is None:
                 raise RuntimeError(f"DeepSpeed could not load {path / TAG} for {name}")
             if shared.get(f"scaler_{name}"):
                 self.nets[name].scaler.load_state_dict(shared[f"scaler_{name}"])
+        for name, ema in self.emas.items():
+            if isinstance(ema, ShardedEma):
+                sharded_state.load_ema(ema, folder, shared, name, self.rank, self.world_size)
+            elif name in shared:
+                ema.module.load_state_dict(shared[name])
+            else:
+                raise ConfigError(
+                    f"checkpoint {folder} keeps {name} partitioned over {saved_world} ranks (written under ZeRO-3): "
+                    "resume it with strategy.zero_stage=3"
+                )

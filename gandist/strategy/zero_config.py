@@ -17,6 +17,22 @@ from gandist.config import ConfigError
 
 # DeepSpeed prints a line every `steps_per_print` steps; gandist reports per tick itself.
 QUIET_STEPS = 2**31 - 1
+# DeepSpeed's default stage3_param_persistence_threshold (elements): smaller parameters stay whole on every rank
+PERSISTENCE_THRESHOLD = 100_000
+# zero_optimization keys sized in elements from strategy.bucket_mb (a JSON's own numbers win)
+MEMORY_KEYS = (
+    "reduce_bucket_size",
+    "allgather_bucket_size",
+    "stage3_prefetch_bucket_size",
+    "stage3_max_live_parameters",
+    "stage3_max_reuse_distance",
+    "sub_group_size",
+)
+
+
+def bucket_elements(bucket_mb: float) -> int:
+    """fp32 elements in strategy.bucket_mb MiB, a multiple of 512 (DeepSpeed wants bucket sizes aligned)."""
+    return max(512, int(bucket_mb * 2**20 / 4) // 512 * 512)
 
 
 def build_deepspeed_config(
@@ -29,12 +45,13 @@ def build_deepspeed_config(
     world_size: int,
     grad_clip: float,
     optimizer_defaults: dict[str, Any] | None = None,
+    bucket_mb: float = 100.0,
 ) -> dict[str, Any]:
     """A complete DeepSpeed config dict for one net.
 
     base: the user's JSON (may be empty); source: where it came from, for messages; optimizer_defaults:
     lr, betas, eps, weight_decay filling "auto" in the JSON's `optimizer.params` (used only when the JSON
-    defines an optimizer).
+    defines an optimizer); bucket_mb: strategy.bucket_mb, sizing MEMORY_KEYS the JSON leaves out or "auto".
     """
     cfg = copy.deepcopy(base)
     where = source or "the generated DeepSpeed config"
@@ -48,6 +65,9 @@ def build_deepspeed_config(
     if not isinstance(zero, dict):
         raise ConfigError(f"{where}: 'zero_optimization' must be an object, got {zero!r}")
     _fill(zero, "stage", zero_stage, where, "strategy.zero_stage", prefix="zero_optimization.")
+    for key in MEMORY_KEYS:
+        if zero.get(key, "auto") == "auto":
+            zero[key] = bucket_elements(bucket_mb)
     for section in ("fp16", "bf16"):
         enabled = cfg.get(section, {}).get("enabled", False) if isinstance(cfg.get(section), dict) else cfg.get(section)
         if enabled is True:

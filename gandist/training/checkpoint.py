@@ -293,6 +293,19 @@ def _read(file: Path) -> Any:
         raise CheckpointError(f"{file} is damaged and cannot be read ({type(e).__name__}: {e})") from None
 
 
+def net_state(path: str | Path, shared: dict, net: str) -> dict:
+    """The full state dict of G, D or G_ema of a complete checkpoint: from its state.pt (`shared`), or, for a
+    ZeRO-3 checkpoint, assembled one parameter at a time from the ranks' partition files (strategy/sharded_state.py).
+    KeyError if the checkpoint holds no such net."""
+    if net in shared:
+        return shared[net]
+    if net in shared.get("partitioned", {}).get("nets", ()):
+        from gandist.strategy.sharded_state import consolidate
+
+        return consolidate(path, net)
+    raise KeyError(net)
+
+
 def clean_partial(run_dir: str | Path) -> None:
     """Remove temporary folders left by an interrupted save."""
     folder = Path(run_dir) / "checkpoints"

@@ -10,17 +10,11 @@ averaged weights before G_ema is used (grids, metrics, checkpoints).
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
-
-def make_ema(G: nn.Module) -> nn.Module:
-    """A frozen copy of G to hold the averaged weights."""
-    G_ema = copy.deepcopy(G).eval()
-    G_ema.requires_grad_(False)
-    return G_ema
+# G_ema is held the way the strategy holds G (a copy, or ZeRO-3 partitions): the averaging lives there
+from gandist.strategy.ema import make_ema, update_ema  # noqa: F401 - the single-module versions, for tools and tests
 
 
 def ema_beta(batch: int, nimg: int, ema_kimg: float, rampup: float) -> float:
@@ -31,19 +25,6 @@ def ema_beta(batch: int, nimg: int, ema_kimg: float, rampup: float) -> float:
     if half_life <= 0:
         return 0.0
     return 0.5 ** (batch / half_life)
-
-
-@torch.no_grad()
-def update_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
-    """G_ema <- beta * G_ema + (1 - beta) * G for parameters; buffers copied from G."""
-    ema_params = list(G_ema.parameters())
-    params = [p.detach() for p in G.parameters()]
-    if beta == 0.0:
-        torch._foreach_copy_(ema_params, params)
-    else:
-        torch._foreach_lerp_(ema_params, params, 1.0 - beta)
-    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
-        b_ema.copy_(b)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@
                       train.compile: the first step compiles; if that fails, one warning and the step again eager)
             R1 phase, every r1_interval steps: r1_gamma/2 * r1_interval * |grad D(aug(real))|^2;  step D
             ADA, every augment.interval steps: p += sign(E[sign D(aug(real))] - target) * images / speed
-            G_ema <- lerp towards G (gathered under ZeRO-3) with a half-life of train.ema_kimg
+            G_ema <- lerp towards G with a half-life of train.ema_kimg (under ZeRO-3: each rank its partitions)
             nimg += global batch
             (a NaN/Inf loss or gradient on any rank: every rank skips that step;
              faults.max_bad_steps in a row: roll back to the last checkpoint)              guard.py
@@ -47,7 +47,6 @@ from gandist.strategy import make_strategy
 from gandist.training import checkpoint
 from gandist.training.guard import NonFiniteError
 from gandist.training.run import Run, set_up
-from gandist.training.state import param_digest
 from gandist.training.step import train_step
 from gandist.training.stopping import StopRequested, stop_with_parent, write_requeue_marker
 from gandist.training.tick import maintain, save, write_grid, write_reals, write_tick
@@ -113,13 +112,7 @@ def finish(run: Run) -> TrainResult:
     if progress.nimg > run.tick_start_nimg:  # stopped early inside a tick: its statistics so far
         write_tick(run)
     write_grid(run)
-    with s.gathered("G") as G_full, s.gathered("D") as D_full:
-        mine = {
-            "rank": s.rank,
-            "G": param_digest(G_full),
-            "D": param_digest(D_full),
-            "G_ema": param_digest(run.state.G_ema),
-        }
+    mine = {"rank": s.rank, **{name: s.digest(name) for name in ("G", "D", "G_ema")}}  # ZeRO-3: param by param
     digests = s.gather_objects(mine)
     failure = diverged(run)
     if s.is_main:

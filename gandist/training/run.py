@@ -32,7 +32,6 @@ from gandist.strategy import Strategy
 from gandist.training import checkpoint
 from gandist.training.debug import DebugFaults
 from gandist.training.device import set_up_device
-from gandist.training.ema import make_ema
 from gandist.training.lock import RunLock, process_started
 from gandist.training.optim import lazy_regularization_opt, make_optimizer
 from gandist.training.phases import Phases
@@ -285,11 +284,11 @@ def _build_state(cfg: Config, strategy: Strategy, memory_format: torch.memory_fo
     G, D = build_nets(cfg.model, t.seed)
     torch.manual_seed(t.seed + 7919 * (strategy.rank + 1))  # per-rank augmentations and noise inputs
     G, D = G.to(device, memory_format=memory_format), D.to(device, memory_format=memory_format)
-    G_ema = make_ema(G)
     d_opt = lazy_regularization_opt(cfg.D_opt, t.r1_interval) if t.r1_gamma > 0 else cfg.D_opt
     # the parameters are on the device now (strategy.add wraps them in place): fused Adam is chosen for it
     strategy.add("G", G, make_optimizer(G.parameters(), cfg.G_opt, device.type))
     strategy.add("D", D, make_optimizer(D.parameters(), d_opt, device.type))
+    strategy.add_ema("G_ema", "G")  # held as G is: a copy, or under ZeRO-3 this rank's partitions
     if t.compile:
         strategy.compile(t.compile_backend)
     a = cfg.augment
@@ -298,7 +297,6 @@ def _build_state(cfg: Config, strategy: Strategy, memory_format: torch.memory_fo
         strategy,
         G,
         D,
-        G_ema,
         noise=torch.Generator(device=device).manual_seed(t.seed + 1),
         augment=AugmentPipe(a.diffaugment, a.ada, a.p, a.target, a.speed_kimg, device),
         lecam=LeCam(t.lecam_decay, device) if t.lecam_weight > 0 else None,

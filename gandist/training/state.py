@@ -8,7 +8,6 @@ shared noise generator, each rank's CPU random state and its position in the dat
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from torch import nn
 
 from gandist.config import Config, ConfigError, to_dict
 from gandist.strategy import Strategy
+from gandist.strategy.base import param_digest  # noqa: F401 - where tests and tools have always found it
 from gandist.training import checkpoint
 
 
@@ -52,7 +52,6 @@ class TrainState:
     strategy: Strategy
     G: nn.Module
     D: nn.Module
-    G_ema: nn.Module
     noise: torch.Generator
     augment: object | None = None
     """The augmentation pipeline (its adaptive probability is state), or None."""
@@ -65,13 +64,13 @@ class TrainState:
     def shared_state(self, nets: dict) -> dict:
         """Rank 0's part: identical on every rank (nets after buffer sync, optimizers, counters).
 
-        `nets` is the strategy's checkpoint_state(): full G and D, and optimizer and scaler states
-        where the strategy keeps them whole (DeepSpeed keeps its own in ds_G/, ds_D/).
+        `nets` is the strategy's checkpoint_state(): full G, D and G_ema, and optimizer and scaler states
+        where the strategy keeps them whole (DeepSpeed keeps its own in ds_G/, ds_D/; ZeRO-3 keeps the
+        weights partitioned in one file per rank).
         """
         p = self.progress
         return {
             **nets,
-            "G_ema": self.G_ema.state_dict(),
             "progress": vars(p).copy(),
             "nimg": p.nimg,
             "step": p.step,
@@ -92,9 +91,7 @@ class TrainState:
 
     def save(self, run_dir: Path, delay_s: float = 0.0) -> Path:
         """Write a checkpoint of the current step; every rank must call this."""
-        for module in (self.G, self.D, self.G_ema):
-            self.strategy.sync_buffers(module)
-        nets = self.strategy.checkpoint_state()  # a collective under ZeRO-3 (gathers G and D)
+        nets = self.strategy.checkpoint_state()  # a collective (buffers synced across ranks)
         return checkpoint.save_checkpoint(
             run_dir,
             self.progress.step,
@@ -112,8 +109,7 @@ class TrainState:
         shared, own = checkpoint.load_checkpoint(path, self.strategy.rank)
         check_compatible(path, shared.get("config", {}), self.cfg)
         try:
-            self.strategy.load_state(path, shared)
-            self.G_ema.load_state_dict(shared["G_ema"])
+            self.strategy.load_state(path, shared)  # G, D, G_ema and the optimizers
         except ConfigError:
             raise
         except (KeyError, RuntimeError, ValueError) as e:
@@ -164,12 +160,3 @@ def check_compatible(path: Path, saved: dict, cfg: Config) -> None:
             f"checkpoint {path} was made for other nets ({'; '.join(diffs)}): "
             "use the same model settings, another run_name, or resume=never"
         )
-
-
-def param_digest(module: nn.Module) -> str:
-    """SHA-256 of a module's parameters and buffers (order and bytes): equal iff bit-identical."""
-    h = hashlib.sha256()
-    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-        h.update(name.encode())
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]

@@ -4,7 +4,7 @@ real, c      <- the batch -> device, [-1, 1]; c: class labels or None
 lr           <- schedule(kimg)
 D phase, G phase [, R1 phase every train.r1_interval steps]   (phases.py)
 ADA          <- p moves every augment.interval steps
-G_ema        <- lerp towards G (gathered under ZeRO-3)
+G_ema        <- lerp towards G (under ZeRO-3 each rank its own partitions: no all-gather)
 nimg += global batch; the non-finite guard counts skipped steps and rolls back after too many
 """
 
@@ -18,7 +18,7 @@ import torch
 
 from gandist.data.specs import DataError
 from gandist.data.stream import to_device_float
-from gandist.training.ema import ema_beta, update_ema
+from gandist.training.ema import ema_beta
 from gandist.training.guard import roll_back
 from gandist.training.schedule import lr_multiplier
 
@@ -45,8 +45,7 @@ def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor) -> None:
     if t.r1_gamma > 0 and progress.step % t.r1_interval == 0:
         ok = run.phases.r1_phase(real, c_real, t.r1_gamma, t.r1_interval) and ok
     _adapt_augmentation(run)
-    with s.gathered("G") as G_full:
-        update_ema(run.state.G_ema, G_full, ema_beta(t.batch, progress.nimg, t.ema_kimg, t.ema_rampup))
+    s.update_ema("G_ema", ema_beta(t.batch, progress.nimg, t.ema_kimg, t.ema_rampup))  # local: no collective
     progress.nimg += t.batch
     progress.step += 1
     progress.data_batches += 1

@@ -42,16 +42,21 @@ def maintain(run: Run) -> None:
 def settle_G_ema(run: Run) -> None:
     """Re-estimate G_ema's BatchNorm statistics for its averaged weights (the same on every rank)."""
     m = run.cfg.model
-    refresh_batchnorm_stats(run.state.G_ema, m.z_dim, m.num_classes, run.device, seed=run.cfg.train.seed)
+    with run.strategy.ema("G_ema") as G_ema:
+        refresh_batchnorm_stats(G_ema, m.z_dim, m.num_classes, run.device, seed=run.cfg.train.seed)
 
 
 def write_grid(run: Run) -> None:
-    """Rank 0 writes G_ema's images of the fixed grid noise to samples/ and the trackers."""
+    """Rank 0 writes G_ema's images of the fixed grid noise to samples/ and the trackers (under ZeRO-3 every
+    rank runs G_ema with it: its layers gather their partitions)."""
     settle_G_ema(run)
-    if not run.strategy.is_main:
+    s = run.strategy
+    if not (s.is_main or s.collective_ema):
         return
-    with torch.no_grad(), run.strategy.autocast():
-        images = run.state.G_ema(run.grid_z, run.grid_c)
+    with s.ema("G_ema") as G_ema, s.autocast():
+        images = G_ema(run.grid_z, run.grid_c)
+    if not s.is_main:
+        return
     kimg = run.progress.nimg / 1000
     save_grid(images, run.run_dir / "samples" / f"fakes-{kimg:010.3f}kimg.png")
     if run.cfg.tracking.log_images:
@@ -76,11 +81,13 @@ def save(run: Run) -> Path:
 
 def measure(run: Run) -> None:
     """Sample-quality metrics of G_ema (every rank takes part); rank 0 appends them to metrics.jsonl."""
-    G_ema, progress = run.state.G_ema, run.progress
-    run.strategy.sync_buffers(G_ema)  # buffers copied from G differ per rank: measure rank 0's G_ema everywhere
+    progress, s = run.progress, run.strategy
+    with s.ema("G_ema") as G_ema:
+        s.sync_buffers(G_ema)  # buffers copied from G differ per rank: measure rank 0's G_ema everywhere
     settle_G_ema(run)
     m = run.cfg.model
-    results = run.evaluator(G_ema, m.z_dim, m.num_classes, seed=run.cfg.train.seed)
+    with s.ema("G_ema") as G_ema:
+        results = run.evaluator(G_ema, m.z_dim, m.num_classes, seed=run.cfg.train.seed)
     for key, value in results.items():
         run.phases.stats.add(key, torch.tensor(value, device=run.device))
     if run.strategy.is_main:

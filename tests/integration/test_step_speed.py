@@ -28,3 +28,12 @@ def test_summary_ratios_come_from_the_runs_it_printed():
     paired = [s / p for s, p in zip(ips["synthetic"], ips["plain"])]
     assert low == pytest.approx(min(paired), abs=2e-3) and high == pytest.approx(max(paired), abs=2e-3)
     assert summary["synthetic_param_mib"] == pytest.approx(6.6, abs=0.1)  # DCGAN 32 px, width 64: as plain_gan.py
+
+
+def test_ddp_on_two_processes_runs_beside_zero():
+    """--strategy ddp --nproc 2: each rank's worker used to re-check the arguments and refuse its own launch."""
+    cmd = [PYTHON, str(ROOT / "benchmarks/step_speed.py"), "--strategy", "ddp", "--nproc", "2", "--skip-train"]
+    out = run([*cmd, "--batch", "4", "--steps", "1", "--warmup", "1", "--repeats", "1"], timeout=600).stdout
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["synthetic_world_size"] == 2 and summary["synthetic_strategy"] == "ddp"
+    assert summary["synthetic_images_per_s"] > 0

@@ -108,6 +108,24 @@ def test_documented_parameter_counts(arch, module, z_dim):
         assert [n_params(G0), n_params(G10), n_params(D0), n_params(D10)] == [g0, g10, d0, d10], (res, width)
 
 
+def test_stylegan2_channel_schedule_and_high_resolutions():
+    assert [stylegan2.channels_at(1024, r, 64, 32768, 512) for r in (4, 64, 128, 256, 512, 1024)] == [
+        512,
+        512,
+        256,
+        128,
+        64,
+        32,
+    ]
+    assert stylegan2.channels_at(32, 4, 64) == 512  # the compact schedule: width * min(8, resolution / r)
+    torch.manual_seed(0)
+    G, D = build_models("stylegan2", 256, 3, 8, 4, 4, channel_base=512, channel_max=16, mapping_layers=3)
+    assert len(G.mapping.layers) == 3
+    x = G(torch.randn(2, 8))
+    assert x.shape == (2, 3, 256, 256) and D(x).shape == (2, 1)
+    assert D.from_rgb.weight.shape[0] == 2  # 512 / 256 channels at 256 px
+
+
 def test_stylegan2_modulation_demodulates_to_unit_weight_norm():
     conv = stylegan2.ModulatedConv2d(4, 6, 3, w_dim=5)
     x, w = torch.randn(2, 4, 8, 8), torch.randn(2, 5) * 3

@@ -29,6 +29,9 @@ def test_yaml_file_then_overrides(tmp_path):
         ("train.batch=abc", ["train.batch", "abc", "int"]),
         ("train.batch=1.5", ["train.batch", "1.5"]),
         ("model.resolution=48", ["model.resolution", "48", "power of two"]),
+        ("model.resolution=256", ["model.resolution", "256", "stylegan2 goes to 1024"]),
+        ("model.channel_base=16384", ["model.channel_base", "16384", "stylegan2 only"]),
+        ("model.mapping_layers=0", ["model.mapping_layers", "positive"]),
         ("model.channels=2", ["model.channels", "2"]),
         ("train.loss=wasserstein", ["train.loss", "wasserstein", "nonsaturating"]),
         ("train.kimg=0", ["train.kimg", "0"]),
@@ -43,6 +46,13 @@ def test_bad_overrides_name_key_and_value(override, words):
         load_config(None, [override])
     for word in words:
         assert word in str(e.value), (word, str(e.value))
+
+
+def test_stylegan2_goes_to_1024_px_with_its_channel_schedule():
+    cfg = load_config(None, ["model.arch=stylegan2", "model.resolution=1024", "model.channel_base=32768"])
+    assert cfg.model.resolution == 1024 and cfg.model.channel_max == 512
+    with pytest.raises(ConfigError, match="model.resolution"):
+        load_config(None, ["model.arch=stylegan2", "model.resolution=2048"])
 
 
 def test_bad_yaml_file_names_file_and_key(tmp_path):

@@ -62,4 +62,16 @@ def test_models_import_torch_only():
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                 for name in names:
                     top = name.split(".")[0]
-                    assert top in {"torch", "math", "__future__", "gandist", "typing", "collections"}, (path, name)
+                    assert top in {
+                        "torch",
+                        "math",
+                        "__future__",
+                        "gandist",
+                        "typing",
+                        "collections",
+                        "contextlib",
+                        "functools",
+                    }, (
+                        path,
+                        name,
+                    )
