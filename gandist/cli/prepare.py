@@ -5,6 +5,7 @@ examples:
     gandist prepare /data/faces data/faces64 --resolution 64 --format npy --num-workers 8
     gandist prepare images.npz data/arr --labels labels.npy
     gandist prepare 'old/shard-{000000..000099}.tar' data/new --format npy    # re-shard / re-encode
+    gandist prepare fashion-mnist data/fmnist-10pc --per-class 600          # class-balanced 10% (seeded)
 
 SRC is one of
   fashion-mnist          the IDX files of Debian's dataset-fashion-mnist (--split train|test)
@@ -19,6 +20,8 @@ Images are center-cropped to a square (--crop none: squashed instead), resized w
 processes; shards are written under temporary names and renamed when complete, and `index.json`
 (sample count, resolution, channels, classes, format) is written last. Sources other than shards
 are shuffled (--seed) so every shard mixes all classes; keys are the sample's position.
+--per-class N keeps N images of every class, chosen at random with --seed (after --limit): the same
+subset on every machine, and the subsets of one seed are nested (--per-class 60 lies within 600).
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", default=None, help=".npy of integer labels for an .npy source")
     parser.add_argument("--split", choices=("train", "test"), default="train", help="IDX split (default train)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N images of the source")
+    parser.add_argument(
+        "--per-class", type=int, default=0, metavar="N", help="a class-balanced subset: N images of each class (seeded)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle")
     parser.add_argument("--no-shuffle", action="store_true", help="keep the source's order")
     parser.add_argument("--overwrite", action="store_true", help="replace shards of the same name in OUT_DIR")
@@ -68,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     for option, value in (("--resolution", args.resolution), ("--num-workers", args.num_workers)):
         if value < 1:
             raise PrepareError(f"{option} must be positive, got {value}")
+    if args.per_class < 0:
+        raise PrepareError(f"--per-class must be positive (images of each class), got {args.per_class}")
     if args.shard_size is not None and args.shard_size < 1:
         raise PrepareError(f"--shard-size must be positive, got {args.shard_size}")
     if args.shard_bytes is not None and args.shard_bytes < 1:
@@ -85,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         compress=args.compress,
         num_workers=args.num_workers,
         limit=args.limit,
+        per_class=args.per_class,
         seed=args.seed,
         shuffle=not args.no_shuffle,
         overwrite=args.overwrite,

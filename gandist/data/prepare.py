@@ -70,6 +70,10 @@ class Source:
         """(H x W or H x W x C uint8 image, label or None); raises on an unusable item."""
         raise NotImplementedError
 
+    def label_of(self, item) -> int | None:
+        """The item's label (None: unlabelled), without decoding its image where the source allows."""
+        return self.load(item)[1]
+
 
 class IdxSource(Source):
     """MNIST-layout IDX files."""
@@ -100,6 +104,10 @@ class IdxSource(Source):
     def load(self, item: int) -> tuple[np.ndarray, int | None]:
         images, labels = self.arrays()
         return images[item], (int(labels[item]) if labels is not None else None)
+
+    def label_of(self, item: int) -> int | None:
+        labels = self.arrays()[1]
+        return int(labels[item]) if labels is not None else None
 
 
 class ArraySource(Source):
@@ -164,6 +172,10 @@ class ArraySource(Source):
             image = (image * 255).round().astype(np.uint8)
         return image, (int(labels[item]) if labels is not None else None)
 
+    def label_of(self, item: int) -> int | None:
+        labels = self._arrays()[1]
+        return int(labels[item]) if labels is not None else None
+
 
 def _load_pil(data_or_path) -> np.ndarray:
     with Image.open(data_or_path) as image:
@@ -199,10 +211,12 @@ class FolderSource(Source):
         return [str(p) for p in self.paths]
 
     def load(self, item: str) -> tuple[np.ndarray, int | None]:
-        label = None
-        if self.classes is not None:
-            label = self._class_of[Path(item).relative_to(self.folder).parts[0]]
-        return _load_pil(item), label
+        return _load_pil(item), self.label_of(item)
+
+    def label_of(self, item: str) -> int | None:
+        if self.classes is None:
+            return None
+        return self._class_of[Path(item).relative_to(self.folder).parts[0]]
 
 
 class ShardSource(Source):
@@ -241,7 +255,14 @@ class ShardSource(Source):
         if image is None:
             raise PrepareError(f"{where}: no image")
         array = decode_array({image[0]: image[1]}, 3)
-        return array[:, :, 0] if array.shape[2] == 1 else array, (int(cls) if cls is not None else None)
+        return array[:, :, 0] if array.shape[2] == 1 else array, self.label_of(item)
+
+    def label_of(self, item) -> int | None:
+        where, _, cls = item
+        try:
+            return int(cls) if cls is not None else None
+        except ValueError:
+            raise PrepareError(f"{where}: cls {cls[:20]!r} is not an integer label") from None
 
 
 def idx_files(folder: Path, split: str) -> tuple[Path, Path | None]:
@@ -402,6 +423,7 @@ def prepare(
     num_workers: int = 1,
     items: list | None = None,
     limit: int = 0,
+    per_class: int = 0,
     seed: int = 0,
     shuffle: bool = True,
     overwrite: bool = False,
@@ -410,7 +432,8 @@ def prepare(
 ) -> dict:
     """Encode the source's images into shards in `out_dir`; returns the index written there.
 
-    `items` replaces the source's own list (a chosen subset or order); `limit` keeps the first N.
+    `items` replaces the source's own list (a chosen subset or order); `limit` keeps the first N;
+    `per_class` keeps N of each class (balanced_subset, after `limit`).
     """
     out_dir = Path(out_dir)
     name = name or source.name
@@ -423,7 +446,9 @@ def prepare(
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     staging = out_dir / f".prepare-{name}.tmp{os.getpid()}"  # the old dataset stays whole until this one is
     if items is None:
-        items = _source_items(source, limit, shuffle, seed)
+        items = _source_items(source, limit, shuffle, seed, per_class)
+    if per_class:
+        meta = {**(meta or {}), "per_class": per_class, "subset_seed": seed}
     total = len(items) if isinstance(items, list) else getattr(source, "total", None)
     if limit and total:
         total = min(total, limit)
@@ -477,15 +502,55 @@ def finish_interrupted_commit(out_dir: Path, name: str) -> None:
         _commit(out_dir, journal)
 
 
-def _source_items(source: Source, limit: int, shuffle: bool, seed: int):
-    """The source's items, the first `limit` of them, shuffled with `seed` where the source allows."""
+def _source_items(source: Source, limit: int, shuffle: bool, seed: int, per_class: int = 0):
+    """The source's items, the first `limit` of them, `per_class` of each class, shuffled with `seed` where
+    the source allows."""
     items = source.items()
     if limit:
         items = (x for _, x in zip(range(limit), items)) if not isinstance(items, list) else items[:limit]
+    if per_class:
+        items = balanced_subset(source, list(items), per_class, seed)
     if shuffle and source.shuffle:
         items = list(items)
         random.Random(seed).shuffle(items)
     return items
+
+
+def balanced_subset(source: Source, items: list, per_class: int, seed: int) -> list:
+    """`per_class` items of every class, in the source's order: a class-balanced subset (`--per-class`).
+
+    Each class's items are shuffled with a generator seeded by (seed, class) and the first
+    `per_class` kept, so the choice is the same on every machine and smaller subsets of a seed lie
+    inside larger ones (60 per class within 600 per class). Every class the source names (or that
+    occurs) must have that many images.
+    """
+    if per_class < 1:
+        raise PrepareError(f"--per-class must be positive, got {per_class}")
+    by_class: dict[int, list[int]] = {}
+    for position, item in enumerate(items):
+        label = source.label_of(item)
+        if label is None:
+            raise PrepareError(
+                f"--per-class {per_class}: {source.description} has unlabelled images (the first: {item!r}); "
+                "give a labelled source (class sub-folders, IDX labels, --labels, shards with cls)"
+            )
+        by_class.setdefault(label, []).append(position)
+    classes = sorted(set(range(len(source.classes or []))) | set(by_class))
+    counts = {c: len(by_class.get(c, [])) for c in classes}
+    if min(counts.values()) < per_class:
+        short = min(classes, key=counts.get)
+        named = source.classes[short] if source.classes and short < len(source.classes) else str(short)
+        name = f" ({named})" if named != str(short) else ""
+        raise PrepareError(
+            f"--per-class {per_class}: class {short}{name} has only {counts[short]} images in {source.description}; "
+            f"choose --per-class <= {counts[short]}"
+        )
+    chosen = []
+    for c in classes:
+        positions = by_class[c]
+        random.Random(f"{seed}:{c}").shuffle(positions)
+        chosen += positions[:per_class]
+    return [items[position] for position in sorted(chosen)]
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """A generated dataset: N images of a trained G as WebDataset shards, split across every rank of a launch.
 
     gandist generate runs/NAME --num 50000 --out gen/                        # one process
+    gandist generate runs/NAME --per-class 6000 --out gen/                   # 6000 of each class (conditional G)
     accelerate launch --config_file launch/gpus_1node.yaml -m gandist.cli generate runs/NAME --num 1000000 --out gen/
 
     samples 0 .. N-1  -> shard k holds samples [k * S, (k + 1) * S)                (S = --shard-size)
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,8 @@ from gandist.generator.sample import check_class_options, labels_for, render_ind
 class GenerateSpec:
     """What to generate and where to put it."""
 
-    num: int
-    """Number of images N (keys 0 .. N-1)."""
+    num: int | None
+    """Number of images N (keys 0 .. N-1); None when per_class gives it."""
     out_dir: Path
     """Folder for the shards and index.json."""
     name: str = "generated"
@@ -60,12 +61,32 @@ class GenerateSpec:
     """Write .tar.gz shards."""
     overwrite: bool = False
     """Replace an earlier generated dataset of this name in out_dir."""
+    per_class: int | None = None
+    """N images of each class (conditional models): num = N x classes, sample i of class i mod classes."""
+
+
+def check_count(spec: GenerateSpec) -> None:
+    """Refuse a missing or impossible image count (--num or --per-class), before any model is read."""
+    if spec.per_class is not None:
+        if spec.num is not None:
+            raise SamplingError("--num and --per-class exclude each other: --per-class N writes N images of each class")
+        if spec.per_class < 1:
+            raise SamplingError(f"--per-class must be >= 1 (images of each class), got {spec.per_class}")
+        if spec.class_id is not None or spec.balanced:
+            option = f"--class {spec.class_id}" if spec.class_id is not None else "--class-balanced"
+            raise SamplingError(f"--per-class balances the classes itself: drop {option}")
+        return
+    if spec.num is None:
+        raise SamplingError("how many images? pass --num N, or --per-class N for N images of each class")
+    if spec.num < 1:
+        raise SamplingError(f"--num must be >= 1 (number of images to generate), got {spec.num}")
 
 
 def validate(spec: GenerateSpec, classes: int) -> None:
     """Raise SamplingError for impossible requests, naming the option; checks the output folder too."""
-    if spec.num < 1:
-        raise SamplingError(f"--num must be >= 1 (number of images to generate), got {spec.num}")
+    check_count(spec)
+    if spec.per_class is not None and classes == 0:
+        raise SamplingError("--per-class: the model is unconditional (it has no classes); use --num instead")
     if spec.shard_size < 1:
         raise SamplingError(f"--shard-size must be >= 1, got {spec.shard_size}")
     if spec.batch < 1:
@@ -76,7 +97,7 @@ def validate(spec: GenerateSpec, classes: int) -> None:
         raise SamplingError(f"--name {spec.name!r} must be a plain file name prefix (no '/', not hidden)")
     if spec.truncation is not None and not spec.truncation > 0:
         raise SamplingError(f"--truncation must be > 0, got {spec.truncation}")
-    check_class_options(classes, spec.class_id, spec.balanced)
+    check_class_options(classes, spec.class_id, spec.balanced or spec.per_class is not None)
     if spec.out_dir.exists() and not spec.out_dir.is_dir():
         raise SamplingError(f"--out {spec.out_dir} exists and is not a folder")
     existing = previous_output(spec)
@@ -86,6 +107,17 @@ def validate(spec: GenerateSpec, classes: int) -> None:
             f"--out {spec.out_dir} already holds a dataset ({shown}): pass --overwrite to replace it, "
             "or choose another folder or --name"
         )
+
+
+def resolved(spec: GenerateSpec, classes: int) -> GenerateSpec:
+    """The spec with --per-class N spelled out (a validated spec): N x classes images, class i mod classes.
+
+    Labels i mod classes give each class exactly N of the N x classes keys, and any shard of
+    `classes` consecutive keys holds every class once: balanced by construction.
+    """
+    if spec.per_class is None:
+        return spec
+    return replace(spec, num=spec.per_class * classes, balanced=True)
 
 
 def previous_output(spec: GenerateSpec) -> list[Path]:
@@ -153,6 +185,7 @@ def dataset_meta(tg: TrainedGenerator, spec: GenerateSpec) -> dict:
             "truncation": spec.truncation,
             "class": spec.class_id,
             "class_balanced": spec.balanced,
+            "per_class": spec.per_class,
             "noise": "z_i ~ N(0, I) from Philox(key=seed, counter=(0, 0, i, 0)); truncation redraws |z| > psi",
         },
     }
@@ -185,6 +218,7 @@ def generate(tg: TrainedGenerator, spec: GenerateSpec, strategy=None) -> dict | 
 
     strategy = strategy or SingleProcess()
     validate(spec, tg.num_classes)
+    spec = resolved(spec, tg.num_classes)
     ranges = shard_ranges(spec.num, spec.shard_size)
     mine = rank_shards(len(ranges), strategy.world_size, strategy.rank)
     if strategy.is_main:

@@ -250,3 +250,55 @@ def test_gandist_prepare_command_line(tmp_path, tiny_shards):
     assert proc.returncode == 0, proc.stderr
     assert "96 images (32 px, 1 channel(s), jpg) in 1 shard(s)" in proc.stdout
     assert (tmp_path / "o" / "tiny-000000.tar.gz").is_file()
+
+
+def _labelled_npz(path, counts):
+    """An .npz of 32 px grey images whose pixels all equal the image's index; class c has counts[c] images,
+    interleaved."""
+    labels = np.array([c for c, n in enumerate(counts) for _ in range(n)])
+    labels = labels[np.random.default_rng(1).permutation(len(labels))]
+    images = np.broadcast_to(np.arange(len(labels), dtype=np.uint8)[:, None, None], (len(labels), 32, 32))
+    np.savez(path, images=np.ascontiguousarray(images), labels=labels)
+    return labels
+
+
+def _indices_and_labels(out_dir):
+    images, labels = _read_all(out_dir, 32)
+    return images[:, 0, 0, 0].tolist(), labels.tolist()
+
+
+def test_per_class_subset_is_balanced_seeded_and_nested(tmp_path):
+    source_labels = _labelled_npz(tmp_path / "a.npz", [10, 7, 5])
+    src = str(tmp_path / "a.npz")
+    assert gandist(["prepare", src, str(tmp_path / "s0"), "--per-class", "4"]) == 0
+    picked, labels = _indices_and_labels(tmp_path / "s0")
+    assert np.bincount(labels).tolist() == [4, 4, 4]
+    assert [int(source_labels[i]) for i in picked] == labels  # every image keeps its own label
+    index = json.loads((tmp_path / "s0" / "index.json").read_text())
+    assert index["num_samples"] == 12 and index["per_class"] == 4 and index["subset_seed"] == 0
+
+    # the same seed: the same shards, byte for byte; another seed: another subset
+    assert gandist(["prepare", src, str(tmp_path / "again"), "--per-class", "4"]) == 0
+    assert (tmp_path / "again" / "a-000000.tar").read_bytes() == (tmp_path / "s0" / "a-000000.tar").read_bytes()
+    assert gandist(["prepare", src, str(tmp_path / "s1"), "--per-class", "4", "--seed", "1"]) == 0
+    assert set(_indices_and_labels(tmp_path / "s1")[0]) != set(picked)
+
+    # a smaller subset of the same seed lies inside the larger one
+    assert gandist(["prepare", src, str(tmp_path / "two"), "--per-class", "2"]) == 0
+    fewer, fewer_labels = _indices_and_labels(tmp_path / "two")
+    assert np.bincount(fewer_labels).tolist() == [2, 2, 2] and set(fewer) <= set(picked)
+
+
+def test_per_class_errors_name_the_option_and_the_class(tmp_path, capsys, image_folder):
+    _labelled_npz(tmp_path / "a.npz", [10, 7, 5])
+    assert gandist(["prepare", str(tmp_path / "a.npz"), str(tmp_path / "o"), "--per-class", "6"]) == 2
+    assert "--per-class 6: class 2 has only 5 images" in capsys.readouterr().err
+    assert gandist(["prepare", str(tmp_path / "a.npz"), str(tmp_path / "o"), "--per-class", "-1"]) == 2
+    assert "--per-class must be positive" in capsys.readouterr().err
+    np.save(tmp_path / "x.npy", np.zeros((4, 32, 32), np.uint8))
+    assert gandist(["prepare", str(tmp_path / "x.npy"), str(tmp_path / "o"), "--per-class", "1"]) == 2
+    assert "--per-class 1: array" in capsys.readouterr().err  # names the source ...
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.tar"))
+    # ... and a folder source labels by sub-folder without decoding: two classes of three images
+    assert gandist(["prepare", str(image_folder), str(tmp_path / "f"), "--per-class", "2"]) == 0
+    assert np.bincount(_read_all(tmp_path / "f", 32, 3)[1].tolist()).tolist() == [2, 2]

@@ -79,6 +79,11 @@ def test_existing_dataset_is_kept_unless_overwrite(tmp_path):
         ({"name": "a/b"}, "--name"),
         ({"balanced": False}, "conditioned on 3 classes"),
         ({"class_id": 3, "balanced": False}, "--class 3 is out of range"),
+        ({"num": None, "balanced": False}, "pass --num N, or --per-class N"),
+        ({"num": None, "per_class": 0, "balanced": False}, "--per-class must be >= 1"),
+        ({"per_class": 2, "balanced": False}, "--num and --per-class exclude each other"),
+        ({"num": None, "per_class": 2}, "--per-class balances the classes itself: drop --class-balanced"),
+        ({"num": None, "per_class": 2, "class_id": 1, "balanced": False}, "drop --class 1"),
     ],
 )
 def test_bad_requests_are_refused_before_any_work(tmp_path, change, message):
@@ -86,3 +91,53 @@ def test_bad_requests_are_refused_before_any_work(tmp_path, change, message):
     with pytest.raises(SamplingError, match=message):
         validate(spec, 3)
     assert not (tmp_path / "x").exists()
+
+
+def test_per_class_writes_n_images_of_each_class(tmp_path):
+    spec = GenerateSpec(num=None, per_class=4, out_dir=tmp_path, name="pc", shard_size=5, batch=3)
+    index = generate(toy_conditional(3), spec)
+    assert index["num_samples"] == 12 and index["label_counts"] == {"0": 4, "1": 4, "2": 4}
+    assert index["generator"]["per_class"] == 4 and index["generator"]["class_balanced"]
+    samples = read_dataset(tmp_path)
+    assert sorted(samples) == list(range(12))
+    for key, entry in samples.items():
+        assert int(entry["cls"]) == key % 3
+        assert (np.array(Image.open(BytesIO(entry["png"]))) == toy_pixel(key % 3)).all()
+    # the first 3M keys hold M images of each class: a balanced prefix for any M <= 4
+    assert sorted(int(samples[k]["cls"]) for k in range(6)) == [0, 0, 1, 1, 2, 2]
+
+
+def test_per_class_refuses_an_unconditional_model(tmp_path):
+    with pytest.raises(SamplingError, match="--per-class: the model is unconditional"):
+        validate(GenerateSpec(num=None, per_class=3, out_dir=tmp_path), 0)
+
+
+def test_labels_are_cls_text_digits_that_webdataset_and_the_training_reader_read(tmp_path):
+    import webdataset as wds
+
+    from gandist.data.specs import expand_shards
+    from gandist.data.stream import ShardStream, StreamSpec
+
+    generate(toy_conditional(3), GenerateSpec(num=None, per_class=5, out_dir=tmp_path, name="g", shard_size=4))
+    samples = read_dataset(tmp_path)
+    assert all(entry["cls"] == str(key % 3).encode("ascii") for key, entry in samples.items())  # b"0", b"1", ...
+    urls = expand_shards(str(tmp_path))
+    pairs = list(wds.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple("__key__", "png", "cls"))
+    assert sorted((int(key), label) for key, _, label in pairs) == [(k, k % 3) for k in range(15)]
+    assert all(isinstance(label, int) for _, _, label in pairs)
+    spec = StreamSpec(urls, 100, 32, 1, 0, 0, shuffle_buffer=0, finite=True)
+    images, labels, bad = next(iter(ShardStream(spec)))[:3]
+    assert bad == 0 and sorted(labels.tolist()) == sorted(k % 3 for k in range(15))
+    assert all((images[i] == toy_pixel(int(labels[i]))).all() for i in range(len(labels)))
+
+
+def test_generate_command_checks_the_count_before_reading_the_model(tmp_path, capsys):
+    from gandist.cli import main as gandist
+
+    missing = str(tmp_path / "no-such-run")
+    assert gandist(["generate", missing, "--out", str(tmp_path / "o"), "--per-class", "0"]) == 2
+    assert "--per-class must be >= 1" in capsys.readouterr().err
+    assert gandist(["generate", missing, "--out", str(tmp_path / "o"), "--per-class", "3", "--num", "9"]) == 2
+    assert "--num and --per-class exclude each other" in capsys.readouterr().err
+    assert gandist(["generate", missing, "--out", str(tmp_path / "o")]) == 2
+    assert "pass --num N, or --per-class N" in capsys.readouterr().err

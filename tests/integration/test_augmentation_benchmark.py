@@ -1,0 +1,43 @@
+"""benchmarks/augmentation.py --small: the whole pipeline (prepare, train, generate, classifiers, table) end to end."""
+
+import json
+
+import pytest
+
+from gandist.data.prepare import FASHION_MNIST_DIR
+from tests.conftest import PYTHON, ROOT, run
+
+pytestmark = pytest.mark.slow
+
+
+def test_small_benchmark_has_every_condition_with_sane_accuracies_and_reuses_its_cache(tmp_path):
+    if not FASHION_MNIST_DIR.is_dir():
+        pytest.skip(f"{FASHION_MNIST_DIR} missing (apt-get install dataset-fashion-mnist)")
+    cmd = [PYTHON, str(ROOT / "benchmarks" / "augmentation.py"), "--small", "--work", str(tmp_path)]
+    first = run(cmd, timeout=1800)
+    result = json.loads((tmp_path / "augmentation-small.json").read_text())
+    rows = {row["key"]: row for row in result["rows"]}
+    expected = ["real-100%", "cas", "real-10%", "real-1%"]
+    expected += [f"real-{f}+{n}pc-diffaugment-x{r}" for f, n in (("10%", 4), ("1%", 1)) for r in (1, 4)]
+    assert sorted(rows) == sorted(expected)
+    for row in rows.values():
+        assert len(row["accuracies"]) == 1 and all(0 < acc <= 1 for acc in row["accuracies"]), row
+    assert rows["real-100%"]["mean"] > 0.3  # 400 real images: well above chance (0.1)
+    # the sets hold what their names say: class-balanced real subsets, generated images by the ratio
+    assert [rows[k]["real_images"] for k in ("real-100%", "real-10%", "real-1%")] == [400, 40, 10]
+    assert rows["cas"]["real_images"] == 0 and rows["cas"]["generated_images"] == 400
+    assert rows["real-10%+4pc-diffaugment-x4"]["generated_images"] == 160
+    assert rows["real-1%+1pc-diffaugment-x1"]["generated_images"] == 10
+    commands = "\n".join(result["commands"])
+    for needed in ("gandist prepare fashion-mnist", "--per-class 4", "gandist train", "gandist generate"):
+        assert needed in commands
+    table = (tmp_path / "augmentation-small.md").read_text()
+    assert "| real 10% + generated 1:4 |" in table and "generated only (CAS)" in table and "CAS / real" in table
+
+    # a second invocation reuses every step: no gandist command runs, the same numbers come back
+    second = run(cmd, timeout=600)
+    assert "[augmentation" in first.stdout and "gandist train" in first.stdout
+    assert not any("] gandist " in line for line in second.stdout.splitlines())
+    again = json.loads((tmp_path / "augmentation-small.json").read_text())
+    assert [r["accuracies"] for r in again["rows"]] == [r["accuracies"] for r in result["rows"]]
+    assert again["commands"] == result["commands"]
