@@ -1,27 +1,38 @@
 #!/usr/bin/env python3
-"""Sample quality per kimg on Fashion-MNIST 32 px: the seed recipe (gandist and a hand-written loop) vs the best recipe.
+"""Sample quality per kimg on Fashion-MNIST 32 px: the seed recipe (gandist and a hand-written loop), the previous
+best recipe (best v1) and the best recipe, against the real data's own scores.
 
-    .venv/bin/python benchmarks/quality.py --kimg 200                  # everything, ~1-2 h per 100 kimg on 2 CPU cores
+    .venv/bin/python benchmarks/quality.py --kimg 60 --every 10        # everything, with curves
     .venv/bin/python benchmarks/quality.py --kimg 50 --recipes seed,best
-    .venv/bin/python benchmarks/quality.py --kimg 50 --recipes best --best-config my.yaml
+    .venv/bin/python benchmarks/quality.py --kimg 20 --recipes best --tag try1 --best-config my.yaml train.lr=...
 
 Steps (each cached under --work, default runs/quality/, and reused when present):
 
  1. data: the Fashion-MNIST IDX files (--idx, default /usr/share/datasets/fashion-mnist) resized to
     32 px and written as WebDataset shards with labels: train (60,000 images) and test (10,000).
- 2. feature network: a small CNN classifier trained once on the train split (test accuracy must
-    reach 90%), exported (torch.export) as the map from images in [-1, 1] to its 128 penultimate
-    activations: the feature space of the distances below (Inception does not know clothes).
- 3. runs at the same budget of --kimg thousand real images shown to D, each measured against the
-    10,000 test images (reference statistics cached next to the test shards) with --num-fake fakes:
-      seed    gandist, configs/fashion_mnist.yaml (DCGAN, non-saturating loss, G_ema)
-      plain   benchmarks/reference/plain_gan.py's DCGAN G and D driven by its own D/G step code on the same
-              images (that script has no data path; its steps are copied here verbatim, real batches added)
-      best    gandist, --best-config (configs/fashion_mnist_best.yaml)
-    gandist runs are measured on G_ema and on G; the plain loop has no G_ema.
- 4. a table (Markdown and JSON) in --work: FD, KID, precision, recall, training speed; and the
-    ratio FD(best) / FD(seed, G_ema). The goal is <= 1/3. With --every K, every run also measures
-    itself every K kimg during training (2,000 fakes: noisier, for the FD-vs-kimg curves).
+ 2. classifier: a small CNN trained once on the train split (test accuracy must reach 90%),
+    exported (torch.export) twice: as the map from images in [-1, 1] to its 128 penultimate
+    activations (features.pt2: the feature space of the distances below; Inception does not know
+    clothes) and to its 10 logits (logits.pt2: class fidelity).
+ 3. runs at the same budget of --kimg thousand real images shown to D:
+      seed     gandist, configs/fashion_mnist.yaml (DCGAN, non-saturating loss, G_ema)
+      plain    benchmarks/reference/plain_gan.py's DCGAN G and D driven by its own D/G step code on the same
+               images (that script has no data path; its steps are copied here verbatim, real batches added)
+      best_v1  gandist, --best-v1-config (configs/fashion_mnist_best_v1.yaml: the best recipe before issue 18)
+      best     gandist, --best-config (configs/fashion_mnist_best.yaml); --tag and key=value overrides apply to it
+ 4. the protocol (class Protocol), the same for every row: --num-fake images (class-balanced for a
+    conditional G, quantised to 8 bits, fixed noise) against the 10,000 test images: FD, KID,
+    precision and recall (k=3), density and coverage (k=5) in the feature space; per class, the
+    classifier's accuracy on the samples asked to be that class divided by its accuracy on test
+    images of the class (fidelity: min and mean over classes) and the per-class recall. The first
+    row is the real data itself: --num-fake random training images measured as if generated.
+    gandist runs are measured on G_ema and on G (--no-g: G_ema only); the plain loop has no G_ema.
+    With --every K, gandist runs keep a checkpoint every K kimg and each is measured the same way
+    afterwards (the plain loop measures itself every K kimg): the curves of FD, recall, coverage
+    and fidelity by kimg. Measurements are cached in each run folder (quality-measures.json).
+ 5. tables (Markdown and JSON) in --work: the rows, per-class accuracy and recall, whether issue
+    18's goals hold for the best recipe (recall and coverage within 0.25 of the real data's, FD at
+    most half of best v1's, every class's fidelity >= 0.8), and the curves.
 """
 
 from __future__ import annotations
@@ -45,8 +56,19 @@ sys.path.insert(0, str(ROOT))
 
 from gandist.data.prepare import iter_idx  # noqa: E402
 from gandist.data.shards import write_shards  # noqa: E402
-from gandist.metrics import Evaluator  # noqa: E402
-from gandist.metrics.evaluate import evaluate  # noqa: E402
+from gandist.generator.load import load_trained  # noqa: E402
+from gandist.metrics import feature_stats, frechet_distance, kernel_distance, precision_recall  # noqa: E402
+from gandist.metrics.coverage import density_coverage  # noqa: E402
+from gandist.metrics.evaluator import quantize  # noqa: E402
+from gandist.metrics.features import load_feature_net  # noqa: E402
+from gandist.metrics.fidelity import (  # noqa: E402
+    class_balanced_samples,
+    class_fidelity,
+    per_class_accuracy,
+    per_class_recall,
+    predict,
+)
+from gandist.training.ema import refresh_batchnorm_stats  # noqa: E402
 
 CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 
@@ -129,13 +151,22 @@ class FeatureOnly(nn.Module):
         return self.body(x)
 
 
-def feature_net(idx_dir: Path, work: Path, epochs: int) -> Path:
-    """Train the classifier once; export its feature map as work/classifier/features.pt2."""
+def export(module: nn.Module, path: Path) -> None:
+    """torch.export a module of N x 1 x 32 x 32 images with a dynamic batch dimension."""
+    program = torch.export.export(
+        module.eval(), (torch.zeros(4, 1, 32, 32),), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
+    torch.export.save(program, str(path))
+
+
+def feature_net(idx_dir: Path, work: Path, epochs: int) -> tuple[Path, Path]:
+    """Train the classifier once; export its feature map (work/classifier/features.pt2) and its logits
+    (logits.pt2, for class fidelity). Returns both paths."""
     folder = work / "classifier"
-    path, info_path = folder / "features.pt2", folder / "info.json"
-    if path.is_file() and info_path.is_file():
+    path, logits_path, info_path = folder / "features.pt2", folder / "logits.pt2", folder / "info.json"
+    if path.is_file() and logits_path.is_file() and info_path.is_file():
         log(f"feature network: {path} ({json.loads(info_path.read_text())['test_accuracy']:.4f} test accuracy)")
-        return path
+        return path, logits_path
     folder.mkdir(parents=True, exist_ok=True)
     train_x, train_y = load_arrays(idx_dir, "train")
     test_x, test_y = load_arrays(idx_dir, "test")
@@ -161,14 +192,11 @@ def feature_net(idx_dir: Path, work: Path, epochs: int) -> Path:
         log(f"classifier epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, test accuracy {accuracy:.4f}")
     if accuracy < 0.90:
         raise SystemExit(f"quality: the classifier reached only {accuracy:.4f} test accuracy (< 0.90): more --epochs")
-    module = FeatureOnly(model).eval()
-    program = torch.export.export(
-        module, (torch.zeros(4, 1, 32, 32),), dynamic_shapes=({0: torch.export.Dim("batch")},)
-    )
-    torch.export.save(program, str(path))
+    export(FeatureOnly(model), path)
+    export(model, logits_path)
     info = {"test_accuracy": accuracy, "epochs": epochs, "train_seconds": round(time.perf_counter() - start, 1)}
     info_path.write_text(json.dumps(info, indent=2) + "\n")
-    return path
+    return path, logits_path
 
 
 @torch.no_grad()
@@ -182,10 +210,6 @@ def classifier_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> f
 
 # ----------------------------------------------------------------------------------------------
 # 3. runs
-
-
-def metrics_overrides(net: Path, test: str, num_fake: int) -> list[str]:
-    return [f"metrics.feature_net={net}", f"metrics.reference={test}", f"metrics.num_fake={num_fake}"]
 
 
 def gandist_run(name: str, config: Path, train: str, kimg: float, work: Path, extra: list[str]) -> tuple[Path, dict]:
@@ -303,51 +327,205 @@ def plain_run(idx_dir: Path, kimg: float, work: Path, batch: int, every: float =
     return path, info
 
 
-def plain_evaluator(net: Path, test: str, num_fake: int, kid_subsets: int = 100) -> Evaluator:
-    from gandist.config import MetricsConfig, StrategyConfig
-    from gandist.metrics.reference import ReferenceSpec
-    from gandist.strategy import Strategy, make_accelerator
-
-    cfg = MetricsConfig(feature_net=str(net), reference=test, num_fake=num_fake, kid_subsets=kid_subsets)
-    single = Strategy(make_accelerator(StrategyConfig()), "fp32")
-    return Evaluator(cfg, ReferenceSpec.of(cfg, test, 32, 1), single, say=log)
+# ----------------------------------------------------------------------------------------------
+# 3b. the measurement protocol
 
 
-def measure_plain(G_path: Path, net: Path, test: str, num_fake: int, seed: int = 0) -> dict:
-    plain = _plain_gan_module()
-    G = PlainGenerator(plain.generator(32, nc=1))
-    G.net.load_state_dict(torch.load(G_path, weights_only=True))
-    return plain_evaluator(net, test, num_fake)(G.eval(), z_dim=100, seed=seed)
+@torch.no_grad()
+def embed(net, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """Features (or logits) of images in [-1, 1], in batches."""
+    return torch.cat([net(images[i : i + batch]) for i in range(0, len(images), batch)])
+
+
+class Protocol:
+    """Every generator and the real training images, measured the same way against the 10,000 test images.
+
+    Generated images: num_fake of them, class-balanced for a conditional G (sample i asks for class
+    i mod 10), quantised to 8 bits, noise from a fixed seed. In the classifier's feature space: FD,
+    KID, precision and recall (k=3), density and coverage (k=5); with the classifier's logits: the
+    per-class fidelity (accuracy on samples of class c / accuracy on test images of class c) and the
+    per-class recall. The real-data row measures num_fake random training images the same way.
+    """
+
+    def __init__(self, idx_dir: Path, features: Path, logits: Path, num_fake: int, seed: int = 0):
+        self.idx_dir, self.num_fake, self.seed = idx_dir, num_fake, seed
+        self.features, self.logits = load_feature_net(str(features)), load_feature_net(str(logits))
+        self.identity = f"{self.features.identity}/{self.logits.identity}/{num_fake}/{seed}"
+        test_x, self.test_labels = load_arrays(idx_dir, "test")
+        test = to_float(test_x)
+        self.test_features = embed(self.features, test)
+        self.test_predicted = predict(self.logits, test)
+        self.mu, self.sigma = feature_stats(self.test_features)
+        self.real_accuracy = per_class_accuracy(self.test_predicted, self.test_labels, len(CLASSES))
+
+    def images(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict:
+        """Metrics of a set of images in [-1, 1] (labels: the classes they were asked to be, or None)."""
+        start = time.perf_counter()
+        fake = embed(self.features, images)
+        precision, recall = precision_recall(self.test_features, fake, k=3)
+        density, coverage = density_coverage(self.test_features, fake, k=5)
+        out = {
+            "fd": frechet_distance(*feature_stats(fake), self.mu, self.sigma),
+            "kid": kernel_distance(self.test_features, fake, 100, 1000, torch.Generator().manual_seed(self.seed)),
+            "precision": precision,
+            "recall": recall,
+            "density": density,
+            "coverage": coverage,
+        }
+        predicted = predict(self.logits, images)
+        out["class_share"] = (torch.bincount(predicted, minlength=len(CLASSES)).double() / len(predicted)).tolist()
+        if labels is not None:
+            fidelity = class_fidelity(predicted, labels, self.test_predicted, self.test_labels, len(CLASSES))
+            out.update(
+                min_fidelity=fidelity.min_ratio,
+                mean_fidelity=fidelity.mean_ratio,
+                fidelity=fidelity.as_dict(),
+                class_recall=per_class_recall(self.test_features, self.test_labels, fake, labels, len(CLASSES)),
+            )
+        out["measure_seconds"] = round(time.perf_counter() - start, 1)
+        return out
+
+    def generator(self, G: nn.Module, z_dim: int, num_classes: int) -> dict:
+        """Metrics of num_fake samples of G (class-balanced when conditional)."""
+        if num_classes:
+            images, labels = class_balanced_samples(G, z_dim, num_classes, self.num_fake // num_classes, self.seed)
+        else:
+            z = torch.randn(self.num_fake, z_dim, generator=torch.Generator().manual_seed(self.seed))
+            was_training = G.training
+            G.eval()
+            with torch.no_grad():
+                images = torch.cat([quantize(G(z[i : i + 250])) for i in range(0, len(z), 250)])
+            G.train(was_training)
+            labels = None
+        return self.images(images, labels)
+
+    def real_baseline(self, cache_path: Path) -> dict:
+        """num_fake random training images measured as if generated (labels: their own classes); cached."""
+        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+        if self.identity not in cache:
+            train_x, train_y = load_arrays(self.idx_dir, "train")
+            subset = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.seed))[: self.num_fake]
+            cache[self.identity] = self.images(to_float(train_x[subset]), train_y[subset])
+            cache_path.write_text(json.dumps(cache, indent=1) + "\n")
+        return cache[self.identity]
+
+    def checkpoint(self, ckpt: Path, net: str = "G_ema") -> dict:
+        """Metrics of a gandist checkpoint's G_ema (BatchNorm statistics re-estimated, as evaluate does) or G,
+        cached in the run folder's quality-measures.json."""
+        cache_path = ckpt.parent.parent / "quality-measures.json"
+        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+        key = f"{ckpt.name}/{net}/{self.identity}"
+        if key not in cache:
+            trained = load_trained(ckpt, net)
+            cfg = trained.cfg
+            if net == "G_ema":
+                refresh_batchnorm_stats(
+                    trained.G, cfg.model.z_dim, cfg.model.num_classes, trained.device, cfg.train.seed
+                )
+            result = self.generator(trained.G, cfg.model.z_dim, cfg.model.num_classes)
+            cache[key] = {"kimg": round(trained.nimg / 1000, 3), "net": net, **result}
+            cache_path.write_text(json.dumps(cache, indent=1) + "\n")
+        return cache[key]
+
+
+def checkpoints_of(run_dir: Path) -> list[Path]:
+    """The run's complete checkpoints, oldest first."""
+    from gandist.training.checkpoint import complete_checkpoints
+
+    return complete_checkpoints(run_dir)
 
 
 # ----------------------------------------------------------------------------------------------
 # 4. table
 
 
-def curve_table(curves: dict[str, list[dict]]) -> str:
-    """FD by kimg for each run that measured itself during training."""
+CURVE_METRICS = (
+    ("fd", "FD", ".2f"),
+    ("recall", "recall", ".3f"),
+    ("coverage", "coverage", ".3f"),
+    ("min_fidelity", "min class fidelity", ".3f"),
+    ("mean_fidelity", "mean class fidelity", ".3f"),
+)
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None or value != value else format(value, spec)
+
+
+def curve_table(curves: dict[str, list[dict]], key: str, spec: str) -> str:
+    """One metric by kimg (columns) for each run (rows) that was measured at several kimg."""
     points = sorted({c["kimg"] for curve in curves.values() for c in curve})
     lines = ["| run | " + " | ".join(f"{k:g}" for k in points) + " |", "|---|" + "---|" * len(points)]
     for name, curve in curves.items():
-        by_kimg = {c["kimg"]: next(v for k, v in c.items() if k.startswith("metrics/fid_")) for c in curve}
-        lines.append(f"| {name} | " + " | ".join(f"{by_kimg[k]:.0f}" if k in by_kimg else "" for k in points) + " |")
+        by_kimg = {c["kimg"]: c.get(key) for c in curve}
+        lines.append(f"| {name} | " + " | ".join(_fmt(by_kimg.get(k), spec) for k in points) + " |")
     return "\n".join(lines)
 
 
-def table(rows: list[dict], kimg: float) -> str:
+def table(rows: list[dict], kimg: float, num_fake: int) -> str:
     lines = [
-        f"Fashion-MNIST 32 px, {kimg:g} kimg, FD/KID/precision/recall in the classifier's feature space "
-        f"(10k test images vs {rows[0]['num_fake']} fakes)",
+        f"Fashion-MNIST 32 px, {kimg:g} kimg: {num_fake} images per row (class-balanced samples of a conditional G) "
+        "against the 10,000 test images in the classifier's feature space: FD, KID, precision/recall (k=3), "
+        "density/coverage (k=5); class fidelity = the classifier's accuracy on samples of a class / on test images "
+        "of that class (min and mean over the classes)",
         "",
-        "| recipe | net | FD | KID | precision | recall | img/s (train) |",
-        "|---|---|---|---|---|---|---|",
+        "| recipe | net | FD | KID | precision | recall | density | coverage | fidelity min | fidelity mean "
+        "| img/s (train) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['recipe']} | {r['net']} | {r['fd']:.3f} | {r['kid']:.1f} | {r['precision']:.3f} | "
-            f"{r['recall']:.3f} | {r['images_per_s']:.0f} |"
+            f"| {r['recipe']} | {r['net']} | {r['fd']:.3f} | {r['kid']:.4f} | {r['precision']:.3f} | "
+            f"{r['recall']:.3f} | {r['density']:.3f} | {r['coverage']:.3f} | {_fmt(r.get('min_fidelity'), '.3f')} | "
+            f"{_fmt(r.get('mean_fidelity'), '.3f')} | {_fmt(r.get('images_per_s'), '.0f')} |"
         )
     return "\n".join(lines)
+
+
+def class_table(rows: list[dict], real_accuracy: list[float]) -> str:
+    """Per class: the classifier's accuracy on test images; for each row with classes, its accuracy on that
+    row's images (fidelity ratio) and the per-class recall."""
+    rows = [r for r in rows if "fidelity" in r]
+    head = "| class | test accuracy | " + " | ".join(f"{r['recipe']} ({r['net']}): acc (ratio) / recall" for r in rows)
+    lines = [head + " |", "|---|---|" + "---|" * len(rows)]
+    for c, name in enumerate(CLASSES):
+        cells = [
+            f"{r['fidelity']['fake_accuracy'][c]:.3f} ({r['fidelity']['ratio'][c]:.2f}) / {r['class_recall'][c]:.3f}"
+            for r in rows
+        ]
+        lines.append(f"| {name} | {real_accuracy[c]:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def goals(rows: list[dict], real: dict) -> str:
+    """Issue 18's goals for the best recipe (G_ema), against the real data and best v1 (G_ema)."""
+    new = next((r for r in rows if r["key"] == "best" and r["net"] == "G_ema"), None)
+    old = next((r for r in rows if r["key"] == "best_v1" and r["net"] == "G_ema"), None)
+    if new is None:
+        return ""
+    lines = ["Goals (best recipe, G_ema):", ""]
+
+    def line(text: str, ok: bool) -> None:
+        lines.append(f"- {text}: {'holds' if ok else 'NOT reached'}")
+
+    for key in ("recall", "coverage"):
+        bar = real[key] - 0.25
+        line(f"{key} {new[key]:.3f} >= real data's {real[key]:.3f} - 0.25 = {bar:.3f}", new[key] >= bar)
+    if old is not None:
+        ratio = new["fd"] / old["fd"]
+        line(f"FD {new['fd']:.3f} <= FD(best v1) / 2 = {old['fd'] / 2:.3f} (ratio {ratio:.3f})", ratio <= 0.5)
+    worst = min(range(len(CLASSES)), key=lambda c: new["fidelity"]["ratio"][c])
+    text = f"every class's fidelity >= 0.8: min ratio {new['min_fidelity']:.3f} ({CLASSES[worst]})"
+    line(text, new["min_fidelity"] >= 0.8)
+    return "\n".join(lines)
+
+
+RECIPES = {
+    "seed": "seed, gandist",
+    "plain": "seed, plain_gan.py loop",
+    "best_v1": "best v1",
+    "best": "best",
+}
 
 
 def main() -> int:
@@ -355,79 +533,76 @@ def main() -> int:
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--kimg", type=float, default=200, help="budget of every run: thousands of real images shown to D")
-    p.add_argument("--recipes", default="seed,plain,best", help="comma list of seed, plain, best")
+    p.add_argument("--recipes", default="seed,plain,best_v1,best", help="comma list of " + ", ".join(RECIPES))
     p.add_argument("--best-config", default=str(ROOT / "configs" / "fashion_mnist_best.yaml"))
+    p.add_argument("--best-v1-config", default=str(ROOT / "configs" / "fashion_mnist_best_v1.yaml"))
     p.add_argument("--seed-config", default=str(ROOT / "configs" / "fashion_mnist.yaml"))
     p.add_argument("--work", default=str(ROOT / "runs" / "quality"), help="cache of data, classifier, runs, tables")
     p.add_argument("--idx", default="/usr/share/datasets/fashion-mnist", help="folder of the IDX .gz files")
     p.add_argument("--num-fake", type=int, default=10_000, help="generated images per measurement")
     p.add_argument("--epochs", type=int, default=4, help="classifier training epochs")
     p.add_argument("--tag", default="", help="suffix of the best recipe's run name (to keep variants apart)")
-    p.add_argument("--every", type=float, default=0, help="also measure each run every this many kimg (2k fakes)")
+    p.add_argument("--every", type=float, default=0, help="also measure each run every this many kimg (curves)")
+    p.add_argument("--no-g", action="store_true", help="measure G_ema only at the end (gandist runs: not also G)")
     p.add_argument("extra", nargs="*", metavar="key=value", help="overrides for the best recipe's gandist run")
     a = p.parse_args()
     work, idx_dir = Path(a.work), Path(a.idx)
     specs = prepare(idx_dir, work)
-    net = feature_net(idx_dir, work, a.epochs)
-    metrics = metrics_overrides(net, specs["test"], a.num_fake)
-    rows, curves = [], {}
+    net, logits_net = feature_net(idx_dir, work, a.epochs)
+    recipes = [r.strip() for r in a.recipes.split(",") if r.strip()]
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        raise SystemExit(f"quality: unknown recipe(s) {unknown} (known: {', '.join(RECIPES)})")
+    if not recipes:
+        log(f"data in {work / 'data'}, feature network {net}, classifier {logits_net}; no recipe to run")
+        return 0
+    protocol = Protocol(idx_dir, net, logits_net, a.num_fake)
+    real = {"recipe": f"real data ({a.num_fake} training images)", "net": "-", "key": "real"}
+    real.update(protocol.real_baseline(work / "real-baseline.json"))
+    rows, curves = [real], {}
     tag = f"-{a.tag}" if a.tag else ""
-    during = []
-    if a.every > 0:
-        during = [
-            *metrics_overrides(net, specs["test"], 2000),
-            f"metrics.interval_kimg={a.every}",
-            "metrics.kid_subsets=20",
-        ]
-    for recipe in [r.strip() for r in a.recipes.split(",") if r.strip()]:
+    # curves: gandist runs keep a checkpoint every --every kimg, each measured afterwards with the full protocol
+    during = [f"train.checkpoint_kimg={a.every:g}", "train.keep_checkpoints=100000"] if a.every > 0 else []
+    for recipe in recipes:
         if recipe == "plain":
-            measure = lambda G: plain_evaluator(net, specs["test"], 2000, 20)(G.eval(), z_dim=100)  # noqa: E731
+            measure = lambda G: protocol.generator(G.eval(), 100, 0)  # noqa: E731
             G_path, info = plain_run(idx_dir, a.kimg, work, 64, a.every, measure)
-            result = measure_plain(G_path, net, specs["test"], a.num_fake)
-            curves["seed, plain_gan.py loop (G)"] = info.pop("curve", [])
-            rows.append({"recipe": "seed, plain_gan.py loop", "net": "G", **_row(result, info, a.num_fake)})
+            curves[f"{RECIPES[recipe]} (G)"] = info.pop("curve", [])
+            G = PlainGenerator(_plain_gan_module().generator(32, nc=1))
+            G.net.load_state_dict(torch.load(G_path, weights_only=True))
+            rows.append({"recipe": RECIPES[recipe], "key": recipe, "net": "G", **protocol.generator(G, 100, 0), **info})
             continue
-        if recipe not in ("seed", "best"):
-            raise SystemExit(f"quality: unknown recipe {recipe!r} (seed, plain, best)")
-        config = Path(a.seed_config if recipe == "seed" else a.best_config)
+        config = Path({"seed": a.seed_config, "best_v1": a.best_v1_config, "best": a.best_config}[recipe])
         extra = a.extra if recipe == "best" else []
         name = f"{recipe}{tag if recipe == 'best' else ''}"  # a larger --kimg continues the run
         run_dir, info = gandist_run(name, config, specs["train"], a.kimg, work, [*extra, *during])
-        if (run_dir / "metrics.jsonl").is_file():
-            lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-            curves[f"{recipe}, gandist (G_ema)"] = [json.loads(line) for line in lines]
-        label = f"{recipe}, gandist ({config.name}{' ' + ' '.join(extra) if extra else ''})"
-        for which in ("G_ema", "G"):
-            result = evaluate(run_dir, metrics, net=which)
-            rows.append({"recipe": label, "net": which, **_row(result, info, a.num_fake)})
-    if not rows:
-        log(f"data in {work / 'data'}, feature network {net}; no recipe to run")
-        return 0
-    text = table(rows, a.kimg)
-    seed_fd = next((r["fd"] for r in rows if r["recipe"].startswith("seed, gandist") and r["net"] == "G_ema"), None)
-    best_fd = next((r["fd"] for r in rows if r["recipe"].startswith("best") and r["net"] == "G_ema"), None)
+        label = f"{RECIPES[recipe]} ({config.name}{' ' + ' '.join(extra) if extra else ''})"
+        ckpts = checkpoints_of(run_dir)
+        if len(ckpts) > 1:
+            curves[f"{RECIPES[recipe]}{tag if recipe == 'best' else ''} (G_ema)"] = [
+                protocol.checkpoint(c) for c in ckpts
+            ]
+        for which in ("G_ema",) if a.no_g else ("G_ema", "G"):
+            rows.append({"recipe": label, "key": recipe, "net": which, **protocol.checkpoint(ckpts[-1], which), **info})
+            log(f"{label} {which}: " + json.dumps({k: rows[-1].get(k) for k in ("kimg", "fd", "recall", "coverage")}))
+    text = table(rows, a.kimg, a.num_fake)
+    text += "\n\nPer class (the real data row: the classifier's accuracy on training images):\n\n"
+    text += class_table(rows, protocol.real_accuracy)
+    seed_fd = next((r["fd"] for r in rows if r["key"] == "seed" and r["net"] == "G_ema"), None)
+    best_fd = next((r["fd"] for r in rows if r["key"] == "best" and r["net"] == "G_ema"), None)
     if seed_fd and best_fd:
-        text += f"\n\nFD(best, G_ema) / FD(seed, G_ema) = {best_fd / seed_fd:.3f} (goal <= 0.333)"
-    if any(curves.values()):
-        text += "\n\nFD by kimg, measured during training (2,000 fakes):\n\n" + curve_table(curves)
+        text += f"\n\nFD(best, G_ema) / FD(seed, G_ema) = {best_fd / seed_fd:.3f}"
+    text += "\n\n" + goals(rows, real)
+    if any(len(c) > 1 for c in curves.values()):
+        text += f"\n\nCurves: every run measured every {a.every:g} kimg with the same protocol"
+        for key, title, spec in CURVE_METRICS:
+            text += f"\n\n{title} by kimg:\n\n" + curve_table(curves, key, spec)
     print(text)
     stem = f"quality-{a.kimg:g}kimg{tag}"
     (work / f"{stem}.md").write_text(text + "\n")
-    (work / f"{stem}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (work / f"{stem}.json").write_text(json.dumps({"rows": rows, "curves": curves}, indent=1) + "\n")
     log(f"table written to {work / stem}.md")
     return 0
-
-
-def _row(result: dict, info: dict, num_fake: int) -> dict:
-    get = lambda kind: next(v for k, v in result.items() if k.startswith(f"metrics/{kind}_"))
-    return {
-        "fd": get("fid"),
-        "kid": get("kid"),
-        "precision": get("precision"),
-        "recall": get("recall"),
-        "num_fake": num_fake,
-        **info,
-    }
 
 
 if __name__ == "__main__":
