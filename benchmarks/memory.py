@@ -30,7 +30,9 @@ every ratio within 15%.
 (b) --large: a G + D whose model states do not fit twice in 24 GiB (DDP's 16 bytes per parameter x 891 M
 x 2 ranks = 26.6 GiB): the planner is asked for a budget of half the machine per rank and refuses DDP;
 ZeRO-3 trains a few steps and writes a checkpoint (each rank its partitions, nothing gathered), which is
-loaded back. It needs about 16 GiB free: check `free -g` first.
+loaded back. The planner estimates 12.9 GiB per rank for it even at micro-batch 1 with activation
+checkpointing: it needs a machine with about 32 GiB (it was not run on the 24 GiB machine the README's
+table comes from).
 """
 
 from __future__ import annotations
