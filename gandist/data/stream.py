@@ -26,6 +26,7 @@ import multiprocessing
 import random
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -347,6 +348,16 @@ def leave_signals_to_the_trainer(_worker_id: int = 0) -> None:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: STOP_READS.set())
+    sys.excepthook = functools.partial(_quiet_abandoned_handoff, sys.excepthook)
+
+
+def _quiet_abandoned_handoff(report: Callable, kind: type, error: BaseException, tb) -> None:
+    """A worker hands a batch's shared memory over through multiprocessing's resource sharer, whose thread reports
+    a dropped connection with sys.excepthook: a trainer interrupted by a stop mid-handoff is no error."""
+    frames = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(tb)]
+    if issubclass(kind, (EOFError, ConnectionError)) and any(f.endswith("resource_sharer.py") for f in frames):
+        return
+    report(kind, error, tb)
 
 
 @functools.cache

@@ -320,3 +320,30 @@ def test_write_shards_keeps_its_signature_and_index(tmp_path):
     assert [p.name for p in paths] == index["shards"] == [f"w-{i:06d}.tar.gz" for i in range(3)]
     assert index["num_samples"] == 10 and index["shard_samples"] == [4, 4, 2] and index["resolution"] == 32
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_a_worker_is_silent_when_the_stopping_trainer_abandons_a_batch_handoff():
+    """A loader worker hands each batch's shared memory over through its resource sharer; a trainer interrupted by
+    a stop signal mid-handoff drops the connection, which the worker's sharer thread used to report as a
+    traceback (seen under SIGTERM to the whole process group)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import os, socket, time
+        from multiprocessing import resource_sharer
+        from gandist.data.stream import leave_signals_to_the_trainer
+        leave_signals_to_the_trainer(0)
+        resource_sharer.DupFd(os.open(os.devnull, os.O_RDONLY))  # starts this process's sharer thread
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(resource_sharer._resource_sharer._address)
+        s.close()  # the trainer gone mid-handoff
+        time.sleep(1)
+        print("alive")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "alive", proc.stderr
+    assert proc.stderr == ""
