@@ -2,7 +2,7 @@
 """Peak memory per rank of real training under DDP and ZeRO-1/2/3, beside `gandist estimate`'s figures.
 
     python benchmarks/memory.py                     # (a) a 226 M-parameter StyleGAN2, 2 gloo ranks on the CPU
-    python benchmarks/memory.py --large             # (b) 891 M parameters: DDP refused, ZeRO-3 trained, checkpointed
+    python benchmarks/memory.py --large --steps 2   # (b) 600 M parameters: DDP refused, ZeRO-3 trained, checkpointed
     python benchmarks/memory.py --strategies zero3 --steps 3 --checkpoint
 
 Each strategy runs in its own `accelerate launch` of 2 processes (launch/cpu_2proc.yaml: gloo on the CPU,
@@ -27,12 +27,11 @@ On the CPU the figures include whatever the process allocates besides the nets (
 buffer, allocator slack), so a ratio measured / estimated slightly above 1 is expected; the goal is
 every ratio within 15%.
 
-(b) --large: a G + D whose model states do not fit twice in 24 GiB (DDP's 16 bytes per parameter x 891 M
-x 2 ranks = 26.6 GiB): the planner is asked for a budget of half the machine per rank and refuses DDP;
-ZeRO-3 trains a few steps and writes a checkpoint (each rank its partitions, nothing gathered), which is
-loaded back. The planner estimates 12.9 GiB per rank for it even at micro-batch 1 with activation
-checkpointing: it needs a machine with about 32 GiB (it was not run on the 24 GiB machine the README's
-table comes from).
+(b) --large: a G + D whose model states do not fit twice in this 24 GiB machine (600 M parameters: DDP's 16
+bytes per parameter plus G_ema, about 11.8 GiB per rank estimated and ~13 GiB measured at DDP's ratio, x 2
+ranks): the planner is asked for a budget of half the machine per rank and refuses DDP; ZeRO-3 trains a few
+steps and writes a checkpoint (each rank its partitions, nothing gathered), which is loaded back. It needs
+about 20 GiB free (two ranks of ~9.7 GiB).
 """
 
 from __future__ import annotations
@@ -51,10 +50,10 @@ ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
 
 # StyleGAN2 at 32 px grey (the embedded sample's images) with wide low-resolution layers: many parameters,
-# little compute. (a): 226 M parameters (G 81.3 M, D 144.8 M); (b): 891 M (G 311.8 M, D 579.1 M).
+# little compute. (a): 226 M parameters (G 81.3 M, D 144.8 M); (b): 600 M (G 225.3 M, D 374.7 M).
 MODELS = {
     "default": ["model.channel_base=8192", "model.channel_max=2048"],
-    "large": ["model.channel_base=16384", "model.channel_max=4096"],
+    "large": ["model.channel_base=16384", "model.channel_max=3072"],
 }
 
 
@@ -204,7 +203,7 @@ def estimates(a: argparse.Namespace, budget: float | None):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--large", action="store_true", help="(b): 891 M parameters, ZeRO-3 only, with --checkpoint")
+    p.add_argument("--large", action="store_true", help="(b): 600 M parameters, ZeRO-3 only, with --checkpoint")
     p.add_argument(
         "--strategies", default="", help="comma list of ddp, zero1, zero2, zero3 (default: all; --large: zero3)"
     )
