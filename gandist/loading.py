@@ -26,15 +26,16 @@ def _what(error: BaseException) -> str:
     return text.split("GLOBAL ", 1)[1].split(" ", 1)[0] if "GLOBAL " in text else "pickled objects"
 
 
-def load_plain(file: str | Path, safe_types: tuple = ()) -> Any:
-    """torch.load of plain data (weights_only); `safe_types` allows a few known data classes by name.
+def load_plain(file: str | Path, safe_types: tuple = (), mmap: bool = False) -> Any:
+    """torch.load of plain data (weights_only); `safe_types` allows a few known data classes by name; `mmap` reads
+    tensors from disk when touched.
 
     Raises UnsafeFile for a file that holds anything else (it is never unpickled); other errors (a damaged
     file) pass through.
     """
     try:
         with torch.serialization.safe_globals(list(safe_types)):
-            return torch.load(file, map_location="cpu", weights_only=True)
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise UnsafeFile(
             f"{file} holds more than plain tensors, numbers and strings ({_what(e)}): refused, since loading it "

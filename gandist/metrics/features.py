@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from gandist.config import ConfigError
-from gandist.loading import load_exported
+from gandist.loading import load_exported, load_plain
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -112,7 +112,7 @@ def _from_state_dict(spec: str) -> FeatureNet:
             "the form is package.module:factory@/path/to/weights.pt"
         ) from None
     module = factory()
-    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    module.load_state_dict(load_plain(path))
     return FeatureNet(module, path.stem, f"{target}-{file_digest(path)}")
 
 

@@ -30,6 +30,7 @@ from gandist.data.shards import TruncatedShard
 from gandist.data.specs import EMBEDDED_DIR, DataError, expand_shards, iter_shard, read_index
 from gandist.data.stream import to_device_float
 from gandist.files import atomic_write
+from gandist.loading import load_plain
 from gandist.metrics.features import FeatureNet
 from gandist.metrics.frechet import feature_stats
 from gandist.reporting.progress import Steps
@@ -184,7 +185,7 @@ def load_reference(
     path = cache_path(urls, net, spec.resolution, spec.channels, spec.limit, spec.cache_dir)
     main = strategy.rank == 0
     if strategy.broadcast_object(path.is_file() if main else None):
-        return torch.load(path, map_location="cpu", weights_only=True) if main else None
+        return load_plain(path) if main else None
     if main:
         shards = spec.shards or "the embedded sample"
         say(f"gandist: computing reference statistics of {shards} in the {net.name} space")

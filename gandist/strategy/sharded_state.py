@@ -6,7 +6,7 @@ Each file holds, for every net (G, D, G_ema), this rank's partition of each para
 out (rank r owns elements [r * p, (r + 1) * p) of the flattened parameter padded to N * p, p =
 ceil(numel / N)), and the buffers. Nothing is gathered to write it: each rank saves what it holds (the
 partitions are views of one flat buffer, saved once). Plain tensors, lists, strings and numbers:
-`torch.load(..., weights_only=True)` reads it.
+gandist.loading.load_plain (weights_only) reads it.
 
 Readers open the files memory-mapped and assemble one parameter at a time, so the largest extra memory
 is one parameter: `consolidate` gives a full state dict (export, sampling: one process), `partition`
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gandist.loading import load_plain
 from gandist.strategy.ema import ShardedEma
 
 FORMAT = "gandist-zero3-partitions/1"
@@ -102,7 +103,7 @@ class ShardsError(RuntimeError):
 
 def _load(path: Path) -> dict:
     """A rank file, memory-mapped: tensors are read from disk when touched."""
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return load_plain(path, mmap=True)
 
 
 def full_parameters(folder: str | Path, net: str) -> Iterator[tuple[str, torch.Tensor]]:
