@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,13 +32,15 @@ from torch import nn
 from gandist.config import ConfigError
 from gandist.files import atomic_write
 from gandist.loading import UnsafeFile, load_plain
-from gandist.strategy import sharded_state
+from gandist.strategy import sharded_state, universal
 from gandist.strategy.base import Strategy, _Net
 from gandist.strategy.ema import ShardedEma
 from gandist.strategy.launch import StrategyPlan
 from gandist.strategy.zero_config import build_deepspeed_config
 
 TAG = "state"  # DeepSpeed's checkpoint tag: one engine state per checkpoint folder
+# the module's state in it: ZeRO-0/1/2 write one file, ZeRO-3 one per rank (buffers, which every rank saves alike)
+MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
 
 
 class LossScale:
@@ -122,6 +125,15 @@ def _load_buffers(src: dict, dst: nn.Module) -> None:
     with torch.no_grad():
         for key, buffer in buffers.items():
             buffer.copy_(src[key])
+
+
+def _engine_record_types() -> tuple:
+    """The record types DeepSpeed writes into its checkpoint files besides plain data."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return (LossScaler, ZeroStageEnum, fragment_address)
 
 
 def _partitioned(params: list[nn.Parameter]) -> list[nn.Parameter]:
@@ -334,48 +346,64 @@ class ZeroStrategy(Strategy):
     def _check_engine_files(self, folder: Path) -> None:
         """Refuse engine files that hold more than plain data and DeepSpeed's own record types: DeepSpeed reads
         them with a full unpickler, which would run code from a file that came from elsewhere."""
-        from deepspeed.runtime.fp16.loss_scaler import LossScaler
-        from deepspeed.runtime.zero.config import ZeroStageEnum
-        from deepspeed.utils.tensor_fragment import fragment_address
-
         for file in sorted(folder.glob("ds_*/**/*.pt")):
             try:
-                load_plain(file, safe_types=(LossScaler, ZeroStageEnum, fragment_address))
+                load_plain(file, safe_types=_engine_record_types())
             except UnsafeFile as e:
                 raise ConfigError(f"checkpoint {folder}: {e}; do not resume from it") from None
 
+    def _convert_to_universal(self, folder: Path, scratch: Path) -> None:
+        """Rank 0 converts the engine states; every rank learns whether it worked (no rank waits on a failure)."""
+        error = None
+        if self.is_main:
+            try:
+                universal.convert(folder, self.engines, TAG, scratch)
+            except Exception as e:  # noqa: BLE001 - said on every rank below
+                error = str(e)
+        error = self.broadcast_object(error)
+        if error is not None:
+            raise ConfigError(error)
+
     def load_state(self, folder: Path, shared: dict) -> None:
-        """Restore both engines (weights, optimizer shards, loss scales) from folder/ds_G and folder/ds_D."""
+        """Restore both engines (weights, optimizer shards, loss scales) from folder/ds_G and folder/ds_D; a ZeRO
+        checkpoint of another world size goes through DeepSpeed's universal checkpoint (universal.py)."""
+        folder = Path(folder)
         saved_world = shared.get("world_size", self.world_size)
-        if saved_world != self.world_size and self.zero_stage > 0:
-            raise ConfigError(
-                f"checkpoint {folder} holds ZeRO-{self.zero_stage} optimizer shards of {saved_world} rank(s) but this "
-                f"run has {self.world_size}: resume it with {saved_world} processes. Re-sharding ZeRO optimizer states "
-                "needs DeepSpeed's universal checkpoint (python -m deepspeed.checkpoint.ds_to_universal), which "
-                f"gandist does not load yet. The full G, D and G_ema are in {folder}/state.pt: `gandist export "
-                f"{folder}` for sampling and generating"
-            )
-        self._check_engine_files(Path(folder))
-        for name, engine in self.engines.items():
-            path = Path(folder) / f"ds_{name}"
-            if not (path / TAG).is_dir():
+        self._check_engine_files(folder)
+        for name in self.engines:
+            if not (folder / f"ds_{name}" / TAG).is_dir():
                 written_by = shared.get("strategy", {}).get("name", "ddp or single")
                 raise ConfigError(
-                    f"checkpoint {folder} has no DeepSpeed state for {name} ({path / TAG} missing; written by "
-                    f"{written_by}): resume it with the strategy that wrote it, or start a new run (resume=never)"
+                    f"checkpoint {folder} has no DeepSpeed state for {name} ({folder / f'ds_{name}' / TAG} missing; "
+                    f"written by {written_by}): resume it with the strategy that wrote it, or start a new run "
+                    "(resume=never)"
                 )
-            load_path, _ = engine.load_checkpoint(
-                str(path),
-                tag=TAG,
-                load_lr_scheduler_states=False,
-                # ZeRO-3: parameters come from the optimizer's fp32 partitions; DeepSpeed's own module load would
-                # refuse the parameters it keeps whole (saved whole, partitioned at load): buffers only
-                custom_load_fn=_load_buffers if self.zero_stage == 3 else None,
-            )
-            if load_path is None:
-                raise RuntimeError(f"DeepSpeed could not load {path / TAG} for {name}")
-            if shared.get(f"scaler_{name}"):
-                self.nets[name].scaler.load_state_dict(shared[f"scaler_{name}"])
+        source, reading = folder, contextlib.nullcontext()
+        if saved_world != self.world_size and self.zero_stage > 0:
+            source, reading = universal.scratch_folder(folder), universal.loading(self.engines.values())
+            self._convert_to_universal(folder, source)
+        with reading:
+            for name, engine in self.engines.items():
+                load_path, _ = engine.load_checkpoint(
+                    str(source / f"ds_{name}"),
+                    tag=TAG,
+                    load_lr_scheduler_states=False,
+                    # ZeRO-3: parameters come from the optimizer's fp32 partitions; DeepSpeed's own module load
+                    # would refuse the parameters it keeps whole (saved whole, partitioned at load): buffers only
+                    custom_load_fn=_load_buffers if self.zero_stage == 3 else None,
+                )
+                if load_path is None:
+                    raise RuntimeError(f"DeepSpeed could not load {source / f'ds_{name}' / TAG} for {name}")
+                if shared.get(f"scaler_{name}"):
+                    self.nets[name].scaler.load_state_dict(shared[f"scaler_{name}"])
+        if source != folder:  # DeepSpeed's universal load restores parameters and optimizer states, not buffers
+            for name in self.engines:
+                file = next(f for f in (folder / f"ds_{name}" / TAG / n for n in MODEL_STATES) if f.is_file())
+                saved = load_plain(file, _engine_record_types(), mmap=True)
+                _load_buffers(saved["module"], self.nets[name].module)
+            self.barrier()
+            if self.is_main:
+                shutil.rmtree(source.parent, ignore_errors=True)
         for name, ema in self.emas.items():
             if isinstance(ema, ShardedEma):
                 sharded_state.load_ema(ema, folder, shared, name, self.rank, self.world_size)
