@@ -263,6 +263,9 @@ class MetricsConfig:
     """Feature space: inception (FID protocol, local weights), a .pt2/TorchScript file, or module:factory@weights."""
     reference: str = ""
     """Shards of the reference images (e.g. a test split); empty: data.shards. Statistics are cached next to them."""
+    classifier: str = ""
+    """Class-conditional models: a classifier of the reference classes (a file or form as feature_net, returning
+    N x K logits) for class fidelity: its accuracy on each class's samples / on real images of it; empty: off."""
     num_fake: int = 10000
     """Generated images per evaluation (50000 for the standard FID-50k)."""
     num_real: int = 0

@@ -87,7 +87,6 @@ def resize(image: np.ndarray, resolution: int, method: str = "lanczos", crop: st
     return out[:, :, None] if image.ndim == 3 and image.shape[2] == 1 else out
 
 
-
 _NPY_HEADERS: dict[bytes, tuple[str, bool, tuple]] = {}
 
 

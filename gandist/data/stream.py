@@ -51,7 +51,8 @@ def decode_image(sample: dict, channels: int, resolution: int) -> torch.Tensor:
     return torch.from_numpy(array.copy())  # decoders may return read-only arrays (np.frombuffer, PIL's buffer)
 
 
-def _label(sample: dict) -> int:
+def sample_label(sample: dict) -> int:
+    """The class of a sample (its `cls`), -1 for a sample without one; raises BadSample for a bad one."""
     if "cls" not in sample:
         return -1
     try:
@@ -237,7 +238,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                 array = decode_array(sample, spec.channels)
                 if array.shape[0] != res or array.shape[1] != res:
                     raise BadSample(f"is {array.shape[1]}x{array.shape[0]} px, expected {res}x{res} (model.resolution)")
-                classes[n] = _label(sample)
+                classes[n] = sample_label(sample)
             except BadSample as e:
                 health.skip(f"sample {sample['__key__']!r} of {sample['__url__']}", str(e))
                 continue

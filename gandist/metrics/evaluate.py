@@ -1,4 +1,5 @@
-"""`gandist evaluate`: FID / KID / precision / recall of a checkpoint's generator.
+"""`gandist evaluate`: FID / KID / precision / recall / coverage (and for class-conditional generators per-class
+recall and class fidelity) of a checkpoint's generator.
 
 What G is comes from the config saved in the checkpoint; the metrics section (and the reference set:
 metrics.reference, else data.shards) come from that config too, changed by key=value overrides.
@@ -75,9 +76,10 @@ def refuse_stored_commands(cfg: Config, given: set[str], folder: Path) -> None:
             f"{reference!r}); gandist evaluate runs no command that came with a checkpoint: pass "
             f"metrics.reference=... yourself (shards, or that pipe: command if you trust it)"
         )
-    net = cfg.metrics.feature_net
-    if "@" in net and ":" in net.split("@", 1)[0] and "metrics.feature_net" not in given:
-        raise ConfigError(
-            f"the config saved in {folder} builds its feature network by importing code (metrics.feature_net="
-            f"{net!r}); gandist evaluate imports nothing a checkpoint names: pass metrics.feature_net=... yourself"
-        )
+    for key in ("feature_net", "classifier"):
+        net = getattr(cfg.metrics, key)
+        if "@" in net and ":" in net.split("@", 1)[0] and f"metrics.{key}" not in given:
+            raise ConfigError(
+                f"the config saved in {folder} builds its {key.replace('_', ' ')} by importing code (metrics.{key}="
+                f"{net!r}); gandist evaluate imports nothing a checkpoint names: pass metrics.{key}=... yourself"
+            )

@@ -1,4 +1,5 @@
-"""Sample-quality metrics of a generator against a dataset: FD, KID, precision and recall.
+"""Sample-quality metrics of a generator against a dataset: FD, KID, precision/recall, density/coverage, and
+for class-conditional generators per-class recall and class fidelity (metrics/fidelity.py).
 
 every rank: draw its share of metrics.num_fake images from G (fixed seeds: repeatable numbers),
             quantise them to 8 bits like the real images, embed them with the feature network
@@ -16,7 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from gandist.metrics.features import FeatureNet, load_feature_net
+from gandist.metrics.coverage import density_coverage
+from gandist.metrics.features import FeatureNet, load_feature_net, quantize
+from gandist.metrics.fidelity import ClassFidelity, per_class_accuracy, per_class_recall
 from gandist.metrics.frechet import feature_stats, frechet_distance
 from gandist.metrics.kid import kernel_distance
 from gandist.metrics.precision_recall import precision_recall
@@ -24,16 +27,11 @@ from gandist.metrics.reference import ReferenceSpec, load_reference
 from gandist.reporting.progress import Steps
 
 
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """Round [-1, 1] images to the 256 levels real images have, staying in [-1, 1] floats."""
-    return ((images.float() + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
-
-
 class Evaluator:
     """Computes metrics of generators against one reference set; the reference is embedded on first use.
 
-    `cfg` is the `metrics` config section (feature_net, num_fake, kid_subsets, kid_subset_size, pr_k,
-    batch); `strategy` gives the device, rank, world size and collectives. Calls are collective: every
+    `cfg` is the `metrics` config section (feature_net, classifier, num_fake, kid_subsets, kid_subset_size,
+    pr_k, batch); `strategy` gives the device, rank, world size and collectives. Calls are collective: every
     rank must make them.
     """
 
@@ -41,42 +39,54 @@ class Evaluator:
         self.cfg, self.spec, self.strategy, self.say = cfg, reference, strategy, say
         self.device, self.rank, self.world = strategy.device, strategy.rank, strategy.world_size
         self.net: FeatureNet = load_feature_net(cfg.feature_net, self.device)
+        classifier = getattr(cfg, "classifier", "")
+        self.classifier: FeatureNet | None = load_feature_net(classifier, self.device) if classifier else None
         self._reference: dict | None = None
         self._loaded = False
 
     def reference(self) -> dict | None:
         """Reference statistics (rank 0; None on other ranks), loaded or computed once (collective)."""
         if not self._loaded:
-            self._reference = load_reference(self.net, self.spec, self.device, self.strategy, self.say)
+            self._reference = load_reference(self.net, self.spec, self.device, self.strategy, self.say, self.classifier)
             self._loaded = True
         return self._reference
 
     @torch.no_grad()
     def fake_features(self, G: nn.Module, z_dim: int, num_classes: int, seed: int = 0) -> torch.Tensor:
         """Features of metrics.num_fake images of G (all ranks' shares, on every rank)."""
+        return self.fakes(G, z_dim, num_classes, seed)[0]
+
+    @torch.no_grad()
+    def fakes(self, G: nn.Module, z_dim: int, num_classes: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        """(features, asked classes, the classifier's classes or -1) of metrics.num_fake images of G, every rank's
+        share, on every rank. Sample i asks for class i mod num_classes: class-balanced samples."""
         # all latents come from one generator and each rank takes its slice: the same images
         # (and so the same numbers) for any number of ranks
         per_rank = math.ceil(self.cfg.num_fake / self.world)
         generator = torch.Generator().manual_seed(seed)
         all_z = torch.randn(per_rank * self.world, z_dim, generator=generator)
-        all_c = torch.randint(0, max(num_classes, 1), (per_rank * self.world,), generator=generator)
+        all_c = torch.arange(per_rank * self.world) % max(num_classes, 1)
         mine = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+        classify = self.classifier is not None and num_classes > 0
         local = []
         with Steps("generating and embedding fakes", self.cfg.num_fake, enabled=self.rank == 0) as steps:
             for z, c in zip(all_z[mine].split(self.cfg.batch), all_c[mine].split(self.cfg.batch)):
-                images = G(z.to(self.device), c.to(self.device) if num_classes else None)
-                local.append(self.net(quantize(images)))
+                images = quantize(G(z.to(self.device), c.to(self.device) if num_classes else None))
+                seen = self.classifier(images).argmax(dim=1).cpu() if classify else torch.full_like(c, -1)
+                local.append(torch.cat([c[:, None].float(), seen[:, None].float(), self.net(images).cpu()], dim=1))
                 steps.update(min(len(z) * self.world, self.cfg.num_fake - steps.n))
-        return self.strategy.all_gather_rows(torch.cat(local))[: self.cfg.num_fake]
+        rows = self.strategy.all_gather_rows(torch.cat(local).to(self.device)).cpu()[: self.cfg.num_fake]
+        return rows[:, 2:], rows[:, 0].long(), rows[:, 1].long()
 
     def __call__(self, G: nn.Module, z_dim: int, num_classes: int = 0, seed: int = 0) -> dict[str, float]:
-        """{metrics/fid_<net>, metrics/kid_<net>, metrics/precision_<net>, metrics/recall_<net>, metrics/seconds}."""
+        """{metrics/fid_<net>, kid_<net>, precision_<net>, recall_<net>, coverage_<net>, density_<net>, seconds},
+        and for a class-conditional G the per-class metrics (class_metrics)."""
         start = time.perf_counter()
         reference = self.reference()
         was_training = G.training
         G.eval()
         try:
-            fake = self.fake_features(G, z_dim, num_classes, seed).cpu()
+            fake, asked, seen = self.fakes(G, z_dim, num_classes, seed)
         finally:
             G.train(was_training)
         results = None
@@ -85,6 +95,7 @@ class Evaluator:
             mu, sigma = feature_stats(fake)
             real = reference["features"]
             precision, recall = precision_recall(real, fake, k=self.cfg.pr_k)
+            density, coverage = density_coverage(real, fake, k=self.cfg.pr_k)
             results = {
                 f"metrics/fid_{name}": frechet_distance(mu, sigma, reference["mu"], reference["sigma"]),
                 f"metrics/kid_{name}": kernel_distance(
@@ -92,6 +103,33 @@ class Evaluator:
                 ),
                 f"metrics/precision_{name}": precision,
                 f"metrics/recall_{name}": recall,
-                "metrics/seconds": round(time.perf_counter() - start, 3),
+                f"metrics/coverage_{name}": coverage,
+                f"metrics/density_{name}": density,
             }
+            if num_classes:
+                results.update(class_metrics(reference, fake, asked, seen, num_classes, name, self.cfg.pr_k))
+            results["metrics/seconds"] = round(time.perf_counter() - start, 3)
         return self.strategy.broadcast_object(results)
+
+
+def class_metrics(
+    reference: dict, fake: torch.Tensor, asked: torch.Tensor, seen: torch.Tensor, num_classes: int, name: str, k: int
+) -> dict[str, float]:
+    """Per-class recall (when the reference images have classes) and, when a classifier saw the samples, class
+    fidelity: its accuracy on the samples of each class, on the real images of that class, and their ratio."""
+    out: dict[str, float] = {}
+    labels = reference.get("labels")
+    if labels is not None and bool((labels >= 0).any()):
+        recall = per_class_recall(reference["features"], labels, fake, asked, num_classes, k)
+        out.update({f"metrics/class_recall_{name}/{c}": r for c, r in enumerate(recall)})
+        out[f"metrics/class_recall_{name}_min"] = min((r for r in recall if not math.isnan(r)), default=math.nan)
+    if "real_accuracy" in reference and bool((seen >= 0).any()):
+        real_accuracy = reference["real_accuracy"][:num_classes]
+        fidelity = ClassFidelity(per_class_accuracy(seen, asked, num_classes), real_accuracy)
+        for c, (fake_acc, real_acc, ratio) in enumerate(zip(fidelity.fake_accuracy, real_accuracy, fidelity.ratio)):
+            out[f"metrics/class_accuracy_fake/{c}"] = fake_acc
+            out[f"metrics/class_accuracy_real/{c}"] = real_acc
+            out[f"metrics/class_fidelity/{c}"] = ratio
+        out["metrics/class_fidelity_min"] = fidelity.min_ratio
+        out["metrics/class_fidelity_mean"] = fidelity.mean_ratio
+    return out

@@ -33,6 +33,11 @@ INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 
 
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Round [-1, 1] images to the 256 levels real images have, staying in [-1, 1] floats."""
+    return ((images.float() + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
+
+
 class FeatureNetError(ConfigError):
     """A feature network that cannot be found or loaded (a bad metrics.feature_net), with what would fix it."""
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gandist.metrics.evaluator import quantize
+from gandist.metrics.features import quantize
 from gandist.metrics.precision_recall import coverage, knn_radii
 
 
@@ -54,13 +54,13 @@ class ClassFidelity:
     @property
     def min_ratio(self) -> float:
         """The worst class's ratio."""
-        return min(r for r in self.ratio if not math.isnan(r))
+        return min((r for r in self.ratio if not math.isnan(r)), default=math.nan)
 
     @property
     def mean_ratio(self) -> float:
         """The mean of the per-class ratios."""
         values = [r for r in self.ratio if not math.isnan(r)]
-        return sum(values) / len(values)
+        return sum(values) / len(values) if values else math.nan
 
     @property
     def fake_mean(self) -> float:

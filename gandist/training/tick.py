@@ -93,7 +93,8 @@ def measure(run: Run) -> None:
     if run.strategy.is_main:
         with (run.run_dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps({"kimg": round(progress.nimg / 1000, 3), "step": progress.step, **results}) + "\n")
-        run.reporter.message(f"gandist: metrics at {progress.nimg / 1000:.3f} kimg: " + json.dumps(results))
+        summary = {k: v for k, v in results.items() if k.count("/") == 1}  # per-class values: in metrics.jsonl
+        run.reporter.message(f"gandist: metrics at {progress.nimg / 1000:.3f} kimg: " + json.dumps(summary))
     run.tick_start_time += results["metrics/seconds"]  # keep images_per_s about training
 
 

@@ -19,11 +19,20 @@ def _feature_net(tmp_path):
     return path
 
 
+def _classifier(tmp_path):
+    from tests.unit.test_class_metrics import Brightness
+
+    path = tmp_path / "classifier.pt"
+    torch.jit.save(torch.jit.script(Brightness()), str(path))
+    return path
+
+
 def test_conditional_regularized_augmented_run_on_two_ranks_and_distributed_evaluation(tmp_path, tiny_shards):
     net = _feature_net(tmp_path)
     metrics = [
         "metrics.interval_kimg=0.128",
         f"metrics.feature_net={net}",
+        f"metrics.classifier={_classifier(tmp_path)}",
         "metrics.num_fake=150",
         "metrics.kid_subsets=5",
         "metrics.kid_subset_size=50",
@@ -67,8 +76,10 @@ def test_conditional_regularized_augmented_run_on_two_ranks_and_distributed_eval
     one = json.loads(run([str(BIN / "gandist"), "evaluate", str(run_dir), *overrides]).stdout.strip().splitlines()[-1])
     two_out = run(accelerate_cmd("-m", "gandist.cli", "evaluate", str(run_dir), *overrides)).stdout
     two = json.loads(two_out.strip().splitlines()[-1])
-    for key in ("fid", "kid", "precision", "recall"):
-        name = f"metrics/{key}_tiny-features"
-        assert two[name] == pytest.approx(one[name], rel=1e-4, abs=1e-7), key
-        assert one[name] == pytest.approx(lines[-1][name], rel=1e-4, abs=1e-7), key  # = the in-training value
+    per_class = [k for k in lines[-1] if k.startswith(("metrics/class_fidelity/", "metrics/class_recall_"))]
+    assert len(per_class) == 2 * 10 + 1 and "metrics/class_fidelity_min" in lines[-1]  # 10 classes
+    overall = [f"metrics/{key}_tiny-features" for key in ("fid", "kid", "precision", "recall", "coverage")]
+    for name in overall + per_class:
+        assert two[name] == pytest.approx(one[name], rel=1e-4, abs=1e-7, nan_ok=True), name
+        assert one[name] == pytest.approx(lines[-1][name], rel=1e-4, abs=1e-7, nan_ok=True), name  # as in training
     assert len((run_dir / "metrics-eval.jsonl").read_text().splitlines()) == 2

@@ -251,11 +251,13 @@ def test_evaluator_scores_real_images_better_than_noise(tmp_path, tiny_shards):
     good = evaluator(ReplayG(real_images, noise=False), z_dim=4)
     bad = evaluator(ReplayG(real_images, noise=True), z_dim=4)
     name = "tiny-features"
-    assert set(good) == {f"metrics/{m}_{name}" for m in ("fid", "kid", "precision", "recall")} | {"metrics/seconds"}
+    measures = ("fid", "kid", "precision", "recall", "coverage", "density")
+    assert set(good) == {f"metrics/{m}_{name}" for m in measures} | {"metrics/seconds"}  # no classes: no per-class
     assert good[f"metrics/fid_{name}"] == pytest.approx(0.0, abs=1e-6)  # the very same images
     assert good[f"metrics/precision_{name}"] == 1.0 and good[f"metrics/recall_{name}"] == 1.0
     assert bad[f"metrics/fid_{name}"] > 0.01 and bad[f"metrics/kid_{name}"] > good[f"metrics/kid_{name}"]
     assert bad[f"metrics/precision_{name}"] < 0.5
+    assert good[f"metrics/coverage_{name}"] == 1.0 and bad[f"metrics/coverage_{name}"] < 0.5
 
 
 def test_reference_reader_gives_each_rank_its_share_in_shard_order(tmp_path, tiny_shards):
