@@ -1,9 +1,11 @@
-"""Measure a trained generator: FID / KID / precision / recall of a run's checkpoint.
+"""Measure a trained generator: FID / KID / precision / recall / coverage of a run's checkpoint (and per-class
+recall and, with metrics.classifier, class fidelity for a class-conditional generator).
 
 examples:
   gandist evaluate runs/NAME                                  # newest complete checkpoint, G_ema
   gandist evaluate runs/NAME/checkpoints/step-000001000 metrics.num_fake=50000
   gandist evaluate runs/NAME metrics.feature_net=/path/net.pt2 metrics.reference=/data/test-{000000..000004}.tar
+  gandist evaluate runs/NAME metrics.classifier=/path/classifier.pt2      # class fidelity (conditional G)
   accelerate launch --config_file launch/gpus_1node.yaml -m gandist.cli evaluate runs/NAME   # GPUs share the work
 
 What G is comes from the config saved in the checkpoint; the metrics section (and the reference set:
