@@ -26,6 +26,8 @@ from gandist.metrics.precision_recall import precision_recall
 from gandist.metrics.reference import ReferenceSpec, load_reference
 from gandist.reporting.progress import Steps
 
+COVERAGE_K = 5  # k of density and coverage's k-NN balls: Naeem et al.'s choice
+
 
 class Evaluator:
     """Computes metrics of generators against one reference set; the reference is embedded on first use.
@@ -95,7 +97,7 @@ class Evaluator:
             mu, sigma = feature_stats(fake)
             real = reference["features"]
             precision, recall = precision_recall(real, fake, k=self.cfg.pr_k)
-            density, coverage = density_coverage(real, fake, k=self.cfg.pr_k)
+            density, coverage = density_coverage(real, fake, k=COVERAGE_K)
             results = {
                 f"metrics/fid_{name}": frechet_distance(mu, sigma, reference["mu"], reference["sigma"]),
                 f"metrics/kid_{name}": kernel_distance(
