@@ -27,10 +27,12 @@ from pathlib import Path
 
 from gandist.config import ConfigError
 
+SCRATCH = ".universal"  # under a run's checkpoints/: converted engine states while they are being loaded
+
 
 def scratch_folder(folder: Path) -> Path:
     """Where the converted engine states of checkpoint `folder` go: under a hidden sibling, `.universal/`."""
-    return folder.parent / ".universal" / folder.name
+    return folder.parent / SCRATCH / folder.name
 
 
 def convert(folder: Path, names: Iterable[str], tag: str, scratch: Path) -> None:

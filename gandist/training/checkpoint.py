@@ -307,8 +307,11 @@ def net_state(path: str | Path, shared: dict, net: str) -> dict:
 
 
 def clean_partial(run_dir: str | Path) -> None:
-    """Remove temporary folders left by an interrupted save."""
+    """Remove temporary folders left by an interrupted save, and engine states converted for a resume at another
+    world size by a job that stopped before it removed them (strategy/universal.py)."""
+    from gandist.strategy.universal import SCRATCH
+
     folder = Path(run_dir) / "checkpoints"
     if folder.is_dir():
-        for p in folder.glob(".step-*.tmp"):
+        for p in [*folder.glob(".step-*.tmp"), folder / SCRATCH]:
             shutil.rmtree(p, ignore_errors=True)

@@ -21,12 +21,15 @@ def test_only_complete_checkpoints_are_found(tmp_path):
     # a half-written one: a temp folder, and a final-named folder without the marker
     (tmp_path / "checkpoints" / ".step-000000020.tmp").mkdir()
     (tmp_path / "checkpoints" / "step-000000030").mkdir()
+    # and engine states converted for a resume at another world size, left by a job that stopped meanwhile
+    (tmp_path / "checkpoints" / ".universal" / "step-000000010" / "ds_G").mkdir(parents=True)
     latest = checkpoint.latest_checkpoint(tmp_path)
     assert latest.name == "step-000000010"
     shared, own = checkpoint.load_checkpoint(latest)
     assert shared["w"].item() == 1.0 and own == {"r": 10}
     checkpoint.clean_partial(tmp_path)
     assert not (tmp_path / "checkpoints" / ".step-000000020.tmp").exists()
+    assert not (tmp_path / "checkpoints" / ".universal").exists() and checkpoint.latest_checkpoint(tmp_path) == latest
 
 
 def test_keep_last_n(tmp_path):
