@@ -14,7 +14,9 @@ The training loop never touches DDP wrappers, engines, scalers or optimizers dir
 
 Modules: launch.py resolves the config and the launcher's environment into a plan; base.py is the
 Accelerator set-up and the single/DDP strategy; zero.py the DeepSpeed engines; zero_config.py their
-configs. Models stay plain single-device modules; distribution is applied here.
+configs; ema.py G_ema held as G is; sharded_state.py ZeRO-3 partitions in checkpoints; universal.py a ZeRO
+checkpoint resumed at another world size. Models stay plain single-device modules; distribution is applied
+here.
 """
 
 from __future__ import annotations
