@@ -453,11 +453,12 @@ def _fmt(value, spec: str) -> str:
 
 
 def curve_table(curves: dict[str, list[dict]], key: str, spec: str) -> str:
-    """One metric by kimg (columns) for each run (rows) that was measured at several kimg."""
-    points = sorted({c["kimg"] for curve in curves.values() for c in curve})
+    """One metric by kimg (columns) for each run (rows) that was measured at several kimg; a checkpoint's kimg is
+    rounded to 0.1 (batch 64 reaches 20 kimg at 20.032: one column with the runs that stop at 20)."""
+    points = sorted({round(c["kimg"], 1) for curve in curves.values() for c in curve})
     lines = ["| run | " + " | ".join(f"{k:g}" for k in points) + " |", "|---|" + "---|" * len(points)]
     for name, curve in curves.items():
-        by_kimg = {c["kimg"]: c.get(key) for c in curve}
+        by_kimg = {round(c["kimg"], 1): c.get(key) for c in curve}
         lines.append(f"| {name} | " + " | ".join(_fmt(by_kimg.get(k), spec) for k in points) + " |")
     return "\n".join(lines)
 
