@@ -54,11 +54,6 @@ class Evaluator:
         return self._reference
 
     @torch.no_grad()
-    def fake_features(self, G: nn.Module, z_dim: int, num_classes: int, seed: int = 0) -> torch.Tensor:
-        """Features of metrics.num_fake images of G (all ranks' shares, on every rank)."""
-        return self.fakes(G, z_dim, num_classes, seed)[0]
-
-    @torch.no_grad()
     def fakes(self, G: nn.Module, z_dim: int, num_classes: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
         """(features, asked classes, the classifier's classes or -1) of metrics.num_fake images of G, every rank's
         share, on every rank. Sample i asks for class i mod num_classes: class-balanced samples."""

@@ -3,7 +3,6 @@ metrics report), on toy data where the answers are known: each class is an image
 reads the brightness."""
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from gandist.data.stream import to_device_float
 from gandist.metrics import Evaluator
 from gandist.metrics import reference as reference_module
 from gandist.metrics.reference import ReferenceSpec
-from tests.unit.test_metrics import _script, _single
+from tests.unit.test_metrics import _metrics_cfg, _single
 
 K = 10
 
@@ -70,18 +69,8 @@ class ReplayByClass(torch.nn.Module):
 
 
 def _evaluator(tmp_path, shards, classifier: str):
-    cfg = SimpleNamespace(
-        feature_net=str(_script(tmp_path)),
-        classifier=classifier,
-        num_fake=120,
-        num_real=0,
-        real_features=1000,
-        kid_subsets=5,
-        kid_subset_size=50,
-        pr_k=3,
-        batch=40,
-        stats_cache=str(tmp_path / "stats"),
-    )
+    stats = str(tmp_path / "stats")
+    cfg = _metrics_cfg(tmp_path, classifier=classifier, num_fake=120, kid_subsets=5, batch=40, stats_cache=stats)
     return Evaluator(cfg, ReferenceSpec.of(cfg, shards, 32, 1), _single(), say=lambda s: None)
 
 
