@@ -2,7 +2,7 @@
 """Does generated data help a classifier? Fashion-MNIST 32 px: real, generated and mixed training sets.
 
     .venv/bin/python benchmarks/augmentation.py --small                      # the whole pipeline in ~2 minutes
-    .venv/bin/python benchmarks/augmentation.py --kimg 200                   # the full benchmark (hours on CPU)
+    .venv/bin/python benchmarks/augmentation.py                              # the full benchmark (hours on CPU)
     .venv/bin/python benchmarks/augmentation.py --full-run runs/best --low-data diffaugment,ada
 
 One small classifier, fixed here (architecture, optimizer, step budget, seeds), is trained on each
@@ -466,16 +466,20 @@ def main() -> int:
     p.add_argument("--work", default=None, help="cache of every step (default runs/augmentation, or -small)")
     p.add_argument("--gan-config", default=str(ROOT / "configs" / "fashion_mnist_best.yaml"), help="GAN recipe")
     p.add_argument(
-        "--kimg", type=float, default=None, help="GAN budget, thousands of images shown to D (200; small 0.128)"
-    )
+        "--kimg", type=float, default=None,
+        help=f"GAN budget, thousands of images shown to D ({FULL.kimg:g}; small {SMALL.kimg:g})",
+    )  # fmt: skip
     p.add_argument("--full-run", default=None, help="a trained class-conditional run on the 60,000 to use for CAS")
     p.add_argument(
         "--low-data", default="diffaugment", help=f"comma list of low-data GAN variants: {', '.join(LOW_DATA)}"
     )
     p.add_argument("--ratios", default="1,4", help="generated images per real one in the mixes")
     p.add_argument("--cas-truncation", default="", help="also CAS at these truncation psi, e.g. 1,2")
-    p.add_argument("--seeds", type=int, default=None, help="classifier seeds (3; small 1)")
-    p.add_argument("--steps", type=int, default=None, help="classifier optimizer steps (1000; small 100)")
+    p.add_argument("--mix-truncation", default="", help="also the subset mixes at these truncation psi, e.g. 1")
+    p.add_argument("--seeds", type=int, default=None, help=f"classifier seeds ({FULL.seeds}; small {SMALL.seeds})")
+    p.add_argument(
+        "--steps", type=int, default=None, help=f"classifier optimizer steps ({FULL.steps}; small {SMALL.steps})"
+    )
     p.add_argument("extra", nargs="*", metavar="key=value", help="overrides for every GAN run")
     a = p.parse_args()
     budget = SMALL if a.small else FULL
@@ -489,6 +493,7 @@ def main() -> int:
         raise SystemExit(f"augmentation: --low-data {a.low_data!r}: choose from {', '.join(LOW_DATA)}")
     ratios = parse_floats(a.ratios, "--ratios")
     psis = parse_floats(a.cas_truncation, "--cas-truncation") if a.cas_truncation else []
+    mix_psis = parse_floats(a.mix_truncation, "--mix-truncation") if a.mix_truncation else []
     config = Path(a.gan_config)
     if not config.is_file():
         raise SystemExit(f"augmentation: --gan-config {config} does not exist")
@@ -529,13 +534,13 @@ def main() -> int:
         for variant in variants:
             name = f"{n}pc-{variant}"
             run_dir = train_gan(cmd, name, config, folders[label], budget.kimg, [*LOW_DATA[variant], *gan_extra])
-            gen = generated(cmd, run_dir, name, math.ceil(max(ratios) * n))
-            note = f"GAN on real {label}, {variant}"
-            for r in ratios:
-                key = f"real-{label}+{name}-x{r:g}"
-                conditions.append(
-                    Condition(key, f"real {label} + generated 1:{r:g}", label, gen, round(r * n), note, label)
-                )
+            for psi in [None, *mix_psis]:
+                tag, shown_psi = ("", "") if psi is None else (f"-psi{psi:g}", f", truncation {psi:g}")
+                gen = generated(cmd, run_dir, name + tag, math.ceil(max(ratios) * n), psi)
+                note = f"GAN on real {label}, {variant}"
+                for r in ratios:
+                    key, text = f"real-{label}+{name}{tag}-x{r:g}", f"real {label} + generated 1:{r:g}{shown_psi}"
+                    conditions.append(Condition(key, text, label, gen, round(r * n), note, label))
         return conditions
 
     # The 10% comparison first, the full set and CAS next, 1% last: a run cut short has the main result.

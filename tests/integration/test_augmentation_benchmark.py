@@ -1,6 +1,7 @@
 """benchmarks/augmentation.py --small: the whole pipeline (prepare, train, generate, classifiers, table) end to end."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,11 +15,17 @@ def test_small_benchmark_has_every_condition_with_sane_accuracies_and_reuses_its
     if not FASHION_MNIST_DIR.is_dir():
         pytest.skip(f"{FASHION_MNIST_DIR} missing (apt-get install dataset-fashion-mnist)")
     cmd = [PYTHON, str(ROOT / "benchmarks" / "augmentation.py"), "--small", "--work", str(tmp_path)]
+    cmd += ["--mix-truncation", "1"]
     first = run(cmd, timeout=1800)
     result = json.loads((tmp_path / "augmentation-small.json").read_text())
     rows = {row["key"]: row for row in result["rows"]}
     expected = ["real-100%", "cas", "real-10%", "real-1%"]
-    expected += [f"real-{f}+{n}pc-diffaugment-x{r}" for f, n in (("10%", 4), ("1%", 1)) for r in (1, 4)]
+    expected += [
+        f"real-{f}+{n}pc-diffaugment{psi}-x{r}"
+        for f, n in (("10%", 4), ("1%", 1))
+        for psi in ("", "-psi1")
+        for r in (1, 4)
+    ]
     assert sorted(rows) == sorted(expected)
     for row in rows.values():
         assert len(row["accuracies"]) == 1 and all(0 < acc <= 1 for acc in row["accuracies"]), row
@@ -28,10 +35,15 @@ def test_small_benchmark_has_every_condition_with_sane_accuracies_and_reuses_its
     assert rows["cas"]["real_images"] == 0 and rows["cas"]["generated_images"] == 400
     assert rows["real-10%+4pc-diffaugment-x4"]["generated_images"] == 160
     assert rows["real-1%+1pc-diffaugment-x1"]["generated_images"] == 10
+    # --mix-truncation: the same GAN's images drawn at psi 1, in a set of their own, beside the untruncated rows
+    truncated = rows["real-10%+4pc-diffaugment-psi1-x4"]
+    assert truncated["generated_images"] == 160 and truncated["gen"] != rows["real-10%+4pc-diffaugment-x4"]["gen"]
+    assert json.loads((Path(truncated["gen"]) / "index.json").read_text())["generator"]["truncation"] == 1
     commands = "\n".join(result["commands"])
     for needed in ("gandist prepare fashion-mnist", "--per-class 4", "gandist train", "gandist generate"):
         assert needed in commands
     table = (tmp_path / "augmentation-small.md").read_text()
+    assert "| real 10% + generated 1:4, truncation 1 |" in table
     assert "| real 10% + generated 1:4 |" in table and "generated only (CAS)" in table and "CAS / real" in table
 
     # a second invocation reuses every step: no gandist command runs, the same numbers come back
