@@ -15,7 +15,8 @@ training set and measured on the real test split (10,000 images); mean and stand
   real 10%, 1%        class-balanced subsets (600 and 60 images of each class, seeded, nested)
   real x% + 1:R       the subset plus R generated images per real one, from a class-conditional GAN
                       trained only on that subset, for each --ratios R and each --low-data variant
-                      (none: the recipe as it is; diffaugment; ada)
+                      (none: the recipe as it is; diffaugment; ada); --mix-truncation adds the same
+                      rows with the GAN's images drawn at those psi
 
 Steps (each cached under --work and reused when present, as benchmarks/quality.py does), all through
 gandist's own commands, each printed and kept in the table:
