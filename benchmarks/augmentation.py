@@ -467,9 +467,8 @@ def main() -> int:
     p.add_argument("--work", default=None, help="cache of every step (default runs/augmentation, or -small)")
     p.add_argument("--gan-config", default=str(ROOT / "configs" / "fashion_mnist_best.yaml"), help="GAN recipe")
     p.add_argument(
-        "--kimg", type=float, default=None,
-        help=f"GAN budget, thousands of images shown to D ({FULL.kimg:g}; small {SMALL.kimg:g})",
-    )  # fmt: skip
+        "--kimg", type=float, default=None, help=f"GAN budget, kimg shown to D ({FULL.kimg:g}; small {SMALL.kimg:g})"
+    )
     p.add_argument("--full-run", default=None, help="a trained class-conditional run on the 60,000 to use for CAS")
     p.add_argument(
         "--low-data", default="diffaugment", help=f"comma list of low-data GAN variants: {', '.join(LOW_DATA)}"
@@ -535,10 +534,10 @@ def main() -> int:
         for variant in variants:
             name = f"{n}pc-{variant}"
             run_dir = train_gan(cmd, name, config, folders[label], budget.kimg, [*LOW_DATA[variant], *gan_extra])
+            note = f"GAN on real {label}, {variant}"
             for psi in [None, *mix_psis]:
                 tag, shown_psi = ("", "") if psi is None else (f"-psi{psi:g}", f", truncation {psi:g}")
                 gen = generated(cmd, run_dir, name + tag, math.ceil(max(ratios) * n), psi)
-                note = f"GAN on real {label}, {variant}"
                 for r in ratios:
                     key, text = f"real-{label}+{name}{tag}-x{r:g}", f"real {label} + generated 1:{r:g}{shown_psi}"
                     conditions.append(Condition(key, text, label, gen, round(r * n), note, label))
