@@ -32,6 +32,7 @@ REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later"
 REQUEUE_MARKER = "REQUEUE"
 SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")
 _PR_SET_PDEATHSIG = 1
+ANOTHER_RANK = "another rank asked to stop"
 
 
 class StopWhileWaiting(Exception):
@@ -106,9 +107,17 @@ class StopRequested:
         """
         local = self.local_reason(step)
         if any_rank(local is not None):
-            self.reason = local or "another rank asked to stop"
+            self.reason = local or ANOTHER_RANK
             return True
         return False
+
+    def why(self) -> str:
+        """Why the agreed stop happened, for the requeue marker and the log: this rank's own signal when it
+        arrived after the vote told it of another rank's request (a dying launcher signals every rank at once,
+        and the vote may see the other rank's first)."""
+        if self.reason == ANOTHER_RANK and self.signal_name:
+            return f"signal {self.signal_name}"
+        return self.reason or "stop requested"
 
 
 def stop_with_parent() -> bool:
