@@ -365,9 +365,14 @@ def _quiet_abandoned_handoff(report: Callable, kind: type, error: BaseException,
 def _kill_workers_at_exit() -> None:
     """Loader workers leave SIGTERM to their trainer, so the terminate() with which Python ends daemonic children
     at exit would not end them: end any left (a loader nobody closed) with SIGKILL first (atexit runs this before
-    multiprocessing's own exit handler, registered earlier)."""
+    multiprocessing's own exit handler, registered earlier).
+
+    torch's SIGCHLD handler raises for every worker that dies while its loader is open: raised between two kills,
+    it would leave the rest alive and multiprocessing's exit handler waiting on them for ever. So the handler is
+    set back to the default first; the process is exiting and nothing is left to report a worker's death to."""
 
     def kill() -> None:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for child in multiprocessing.active_children():
             if child.daemon:
                 child.kill()

@@ -3,6 +3,7 @@ import io
 import json
 import tarfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -347,3 +348,32 @@ def test_a_worker_is_silent_when_the_stopping_trainer_abandons_a_batch_handoff()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "alive", proc.stderr
     assert proc.stderr == ""
+
+
+def test_a_process_that_exits_with_its_loader_open_ends_its_workers_quietly(tmp_path):
+    """Workers leave SIGTERM to the trainer, so at exit gandist kills the workers of a loader nobody closed. Each
+    kill makes torch's SIGCHLD handler raise 'DataLoader worker ... is killed'; raised between two kills it left
+    the other workers alive and Python's exit waited on them for ever (a 2-rank launch hung in CI that way)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    paths = _numbered_shards(tmp_path, [8, 8, 8, 8])
+    code = textwrap.dedent(
+        f"""
+        from gandist.data.stream import StreamSpec, make_loader
+        spec = StreamSpec(urls={paths!r}, batch_per_gpu=4, resolution=32, channels=1, seed=0, rank=0,
+                          shuffle_buffer=8)
+        loader = make_loader(spec, num_workers=4, prefetch_factor=2)
+        next(iter(loader))
+        print(*(w.pid for w in loader._iterator._workers))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    pids = [int(p) for p in proc.stdout.split()]
+    assert len(pids) == 4
+    for pid in pids:  # gone, or at most a zombie of a parent that is itself gone
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().split()[2] == "Z"
