@@ -17,6 +17,8 @@ training set and measured on the real test split (10,000 images); mean and stand
                       trained only on that subset, for each --ratios R and each --low-data variant
                       (none: the recipe as it is; diffaugment; ada); --mix-truncation adds the same
                       rows with the GAN's images drawn at those psi
+  real x% + held-out  the subset plus R real images per real one from outside it, for each --ratios R:
+                      what a generator as good as the data could add (the bound for the mixes above)
 
 Steps (each cached under --work and reused when present, as benchmarks/quality.py does), all through
 gandist's own commands, each printed and kept in the table:
@@ -350,6 +352,21 @@ class Condition:
     """What made the generated images, for the table."""
     group: str = ""
     """Rows compared with each other: the real set they add to."""
+    held_out_per_class: int = 0
+    """Real images of each class from outside the subset added to it: what a perfect generator could add."""
+
+
+def held_out(full: tuple, subset: tuple, n_per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `n_per_class` images of each class of the full training set (key order) that are not in the
+    subset (compared by pixels: the subsets are prepared from the same source)."""
+    seen = {image.numpy().tobytes() for image in subset[0]}
+    x, y = full
+    outside = torch.tensor([image.numpy().tobytes() not in seen for image in x])
+    keep = torch.cat([torch.nonzero(outside & (y == c)).flatten()[:n_per_class] for c in range(NUM_CLASSES)])
+    if len(keep) < NUM_CLASSES * n_per_class:
+        raise SystemExit(f"augmentation: fewer than {n_per_class} real images of some class outside the subset")
+    keep = keep.sort().values
+    return x[keep], y[keep]
 
 
 def measure(cmd: Commands, cond: Condition, real: dict, test: tuple, budget: Budget) -> dict:
@@ -357,14 +374,18 @@ def measure(cmd: Commands, cond: Condition, real: dict, test: tuple, budget: Bud
     folder = cmd.work / "classifier"
     folder.mkdir(parents=True, exist_ok=True)
     parts = [real[cond.real]] if cond.real else []
+    if cond.held_out_per_class:
+        parts.append(held_out(real["100%"], real[cond.real], cond.held_out_per_class))
     gen_checkpoint = ""
     if cond.gen is not None:
         parts.append(load(cond.gen, cond.gen_per_class))
         gen_checkpoint = json.loads((cond.gen / "index.json").read_text())["generator"]["checkpoint"]
     x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    n_real = len(real[cond.real][0]) if cond.real else 0
+    n_real = (len(real[cond.real][0]) + NUM_CLASSES * cond.held_out_per_class) if cond.real else 0
     what = {"steps": budget.steps, "batch": budget.batch, "real": n_real, "generated": len(x) - n_real,
             "gen": str(cond.gen or ""), "gen_checkpoint": gen_checkpoint, "test": len(test[0])}  # fmt: skip
+    if cond.held_out_per_class:
+        what["held_out"] = cond.held_out_per_class
     results = []
     for seed in range(budget.seeds):
         path = folder / f"{cond.key}-seed{seed}.json"
@@ -404,13 +425,17 @@ def goals(rows: list[dict]) -> dict:
         ratio = by_key["cas"]["mean"] / by_key["real-100%"]["mean"]
         out["cas"] = {"ratio": round(ratio, 4), "goal": 0.85, "held": ratio >= 0.85}
     base = by_key.get("real-10%")
-    mixes = [r for r in rows if r["group"] == "10%" and r["key"] != "real-10%"]
+    mixes = [r for r in rows if r["group"] == "10%" and r["generated_images"]]
     if base and mixes:
         best = max(mixes, key=lambda r: r["mean"])
         gain = 100 * (best["mean"] - base["mean"])
         noise = 2 * 100 * max(best["sd"], base["sd"])
         out["mix_10%"] = {"best": best["label"], "gain_points": round(gain, 2), "twice_sd_points": round(noise, 2),
                           "held": gain >= 1.0 and gain > noise}  # fmt: skip
+    bounds = [r for r in rows if r["group"] == "10%" and r["held_out_per_class"]]
+    if base and bounds:
+        best = max(bounds, key=lambda r: r["mean"])
+        out["held_out_10%"] = {"best": best["label"], "gain_points": round(100 * (best["mean"] - base["mean"]), 2)}
     return out
 
 
@@ -442,6 +467,12 @@ def goal_lines(result: dict) -> list[str]:
             f"- 10% real + generated vs 10% real only: {m['gain_points']:+.2f} points ({m['best']}; "
             f"twice the larger sd {m['twice_sd_points']:.2f}; goal >= 1 point and > 2 sd): "
             f"{'held' if m['held'] else 'not held'}"
+        )
+    if "held_out_10%" in result:
+        h = result["held_out_10%"]
+        lines.append(
+            f"- 10% real + held-out real vs 10% real only: {h['gain_points']:+.2f} points ({h['best']}): what a "
+            "generator as good as the data could add with this classifier and budget"
         )
     return lines
 
@@ -531,6 +562,13 @@ def main() -> int:
     def subset_group(label: str) -> list[Condition]:
         n = sizes[label]
         conditions = [Condition(f"real-{label}", f"real {label}", label, group=label)]
+        for r in ratios:  # the bound: the same number of real images from outside the subset
+            text = f"real {label} + held-out real 1:{r:g}"
+            if round(r * n) <= sizes["100%"] - n:
+                conditions.append(Condition(f"real-{label}+real-x{r:g}", text, label, group=label,
+                                            held_out_per_class=round(r * n)))  # fmt: skip
+            else:
+                log(f"{text!r} left out: fewer than {r:g}x{n} real images of each class outside real {label}")
         for variant in variants:
             name = f"{n}pc-{variant}"
             run_dir = train_gan(cmd, name, config, folders[label], budget.kimg, [*LOW_DATA[variant], *gan_extra])

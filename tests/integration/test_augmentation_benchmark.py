@@ -1,9 +1,12 @@
 """benchmarks/augmentation.py --small: the whole pipeline (prepare, train, generate, classifiers, table) end to end."""
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from gandist.data.prepare import FASHION_MNIST_DIR
 from tests.conftest import PYTHON, ROOT, run
@@ -11,7 +14,7 @@ from tests.conftest import PYTHON, ROOT, run
 pytestmark = pytest.mark.slow
 
 
-def test_small_benchmark_has_every_condition_with_sane_accuracies_and_reuses_its_cache(tmp_path):
+def test_small_benchmark_has_every_condition_with_sane_accuracies_and_reuses_its_cache(tmp_path, monkeypatch):
     if not FASHION_MNIST_DIR.is_dir():
         pytest.skip(f"{FASHION_MNIST_DIR} missing (apt-get install dataset-fashion-mnist)")
     cmd = [PYTHON, str(ROOT / "benchmarks" / "augmentation.py"), "--small", "--work", str(tmp_path)]
@@ -26,6 +29,7 @@ def test_small_benchmark_has_every_condition_with_sane_accuracies_and_reuses_its
         for psi in ("", "-psi1")
         for r in (1, 4)
     ]
+    expected += [f"real-{f}+real-x{r}" for f in ("10%", "1%") for r in (1, 4)]
     assert sorted(rows) == sorted(expected)
     for row in rows.values():
         assert len(row["accuracies"]) == 1 and all(0 < acc <= 1 for acc in row["accuracies"]), row
@@ -35,6 +39,19 @@ def test_small_benchmark_has_every_condition_with_sane_accuracies_and_reuses_its
     assert rows["cas"]["real_images"] == 0 and rows["cas"]["generated_images"] == 400
     assert rows["real-10%+4pc-diffaugment-x4"]["generated_images"] == 160
     assert rows["real-1%+1pc-diffaugment-x1"]["generated_images"] == 10
+    # the bound: the subset plus as many real images from outside it, never counted as a generated mix
+    bound = rows["real-10%+real-x4"]
+    assert bound["real_images"] == 40 + 160 and bound["generated_images"] == 0 and bound["gen"] == ""
+    assert "held-out" not in result["goals"]["mix_10%"]["best"]
+    assert result["goals"]["held_out_10%"]["best"] in (rows["real-10%+real-x1"]["label"], bound["label"])
+    spec = importlib.util.spec_from_file_location("augmentation", ROOT / "benchmarks" / "augmentation.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "augmentation", bench)  # its dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    full, subset = bench.load(tmp_path / "data" / "train-40pc"), bench.load(tmp_path / "data" / "train-4pc")
+    x, y = bench.held_out(full, subset, 16)
+    assert torch.bincount(y, minlength=10).tolist() == [16] * 10 and (full[1] == 0).sum() == 40
+    assert not {image.numpy().tobytes() for image in x} & {image.numpy().tobytes() for image in subset[0]}
     # --mix-truncation: the same GAN's images drawn at psi 1, in a set of their own, beside the untruncated rows
     truncated = rows["real-10%+4pc-diffaugment-psi1-x4"]
     assert truncated["generated_images"] == 160 and truncated["gen"] != rows["real-10%+4pc-diffaugment-x4"]["gen"]
@@ -44,6 +61,7 @@ def test_small_benchmark_has_every_condition_with_sane_accuracies_and_reuses_its
         assert needed in commands
     table = (tmp_path / "augmentation-small.md").read_text()
     assert "| real 10% + generated 1:4, truncation 1 |" in table
+    assert "| real 10% + held-out real 1:4 | 200 | 0 | - |" in table and "10% real + held-out real vs" in table
     assert "| real 10% + generated 1:4 |" in table and "generated only (CAS)" in table and "CAS / real" in table
 
     # a second invocation reuses every step: no gandist command runs, the same numbers come back
