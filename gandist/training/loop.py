@@ -157,8 +157,9 @@ def _write_summary(run: Run, final: Path, digests: list[dict], failed: bool) -> 
     atomic_write_text(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     say = run.reporter.message
     if run.stopped_early:
-        write_requeue_marker(run.run_dir, run.stopper.why(), kimg)
-        say(f"gandist: stopped early ({run.stopper.why()}) at {kimg:.2f} kimg; checkpoint {final}")
+        why = run.stopper.why()
+        write_requeue_marker(run.run_dir, why, kimg)
+        say(f"gandist: stopped early ({why}) at {kimg:.2f} kimg; checkpoint {final}")
     elif not failed:
         say(f"gandist: done at {kimg:.2f} kimg; samples in {run.run_dir / 'samples'}, checkpoint {final}")
     if not in_sync:
