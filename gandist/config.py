@@ -163,6 +163,12 @@ class TrainConfig:
     """Weight of the LeCam regulariser of D's outputs (0.3 in Tseng et al. with hinge loss); 0: off."""
     lecam_decay: float = 0.99
     """Decay of LeCam's running means of D(real) and D(fake) per step."""
+    class_weight_d: float = 0.0
+    """Class-conditional resnet D: weight of the cross-entropy of its class logits (its projection head read as a
+    classifier over every class) on real images, in D's loss; 0: off."""
+    class_weight_g: float = 0.0
+    """Class-conditional resnet D: weight of the same cross-entropy on G's fakes and the classes G was asked for,
+    in G's loss (pulls each class's samples towards what D recognises as that class); 0: off."""
     lr_warmup_kimg: float = 0.0
     """Ramp both learning rates linearly from 0 over this many kimg."""
     lr_decay: Literal["constant", "linear", "cosine"] = "constant"
@@ -216,6 +222,8 @@ class TrainConfig:
             "gp_weight",
             "r1_gamma",
             "lecam_weight",
+            "class_weight_d",
+            "class_weight_g",
             "lr_warmup_kimg",
         ):
             _at_least(f"train.{key}", getattr(self, key), 0)
@@ -478,6 +486,14 @@ class Config:
             section.validate()
         self.G_opt.validate("G_opt")
         self.D_opt.validate("D_opt")
+        m = self.model
+        for key in ("class_weight_d", "class_weight_g"):
+            weight = getattr(self.train, key)
+            if weight > 0 and (m.arch != "resnet" or m.num_classes == 0):
+                raise ConfigError(
+                    f"key 'train.{key}' = {weight} needs the class logits of a class-conditional resnet D: set "
+                    f"model.arch=resnet and model.num_classes > 0 (got arch {m.arch!r}, num_classes {m.num_classes})"
+                )
 
 
 def _at_least(key: str, value: float, low: float, words: str = "") -> None:

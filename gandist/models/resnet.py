@@ -166,8 +166,18 @@ class ResNetDiscriminator(nn.Module):
                 if getattr(m, "bias", None) is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor | None = None, classes: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """N x 1 logits; with `classes` (conditional D only) also N x num_classes class logits <embed(k), h>.
+
+        The class logits read the projection head as a classifier over every class (dual projection,
+        Han et al. 2021): a cross-entropy on them asks the features of class c to score higher for c than
+        for the other classes, which the projection term alone (<embed(c), h> only) never does.
+        """
         _check_labels(c, self.num_classes, "ResNetDiscriminator")
+        if classes and self.embed is None:
+            raise ValueError("ResNetDiscriminator: class logits need a class-conditional D (num_classes > 0)")
         for block in self.blocks:
             x = run_block(block, [block], x, checkpointed=self.activation_checkpointing)
         h = F.relu(x)
@@ -175,6 +185,9 @@ class ResNetDiscriminator(nn.Module):
             h = F.relu(self.mbstd_conv(minibatch_stddev(h, self.mbstd_group)))
         h = h.sum(dim=(2, 3))
         logit = self.linear(h)
+        if classes:  # the embedding module is called (not its weight read): ZeRO-3 gathers it on that call
+            class_logits = h @ self.embed(torch.arange(self.num_classes, device=h.device)).T
+            return logit + class_logits.gather(1, c[:, None]), class_logits
         if self.embed is not None:
             logit = logit + (self.embed(c) * h).sum(dim=1, keepdim=True)
         return logit

@@ -13,6 +13,9 @@ Wasserstein (Arjovsky et al. 2017), with the gradient penalty of Gulrajani et al
 the training loop (train.gp_weight, see regularizers.gradient_penalty):
     L_D = D(G(z)) - D(x)
     L_G = -D(G(z))
+Class loss of a conditional D that also gives class logits (train.class_weight_d, train.class_weight_g):
+the cross-entropy of the class logits with the class of the real images (added to D's loss) or with
+the class G was asked for (added to G's loss).
 """
 
 from __future__ import annotations
@@ -61,6 +64,11 @@ def wgan_d(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor
 def wgan_g(fake_logits: torch.Tensor) -> torch.Tensor:
     """G's Wasserstein loss: -D(G(z))."""
     return -fake_logits.mean()
+
+
+def class_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of N x K class logits with int64 labels (the batch mean)."""
+    return F.cross_entropy(class_logits.float(), labels)
 
 
 LOSSES: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]] = {

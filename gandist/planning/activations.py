@@ -183,6 +183,8 @@ def _measure_once(cfg: Config, precision: str, n: int, checkpointing: bool | Non
                 LeCam(t.lecam_decay, strategy.device) if t.lecam_weight > 0 else None,
                 t.lecam_weight,
                 t.gp_weight,
+                t.class_weight_d,
+                t.class_weight_g,
             )
             with meter:
                 if phase == "D":

@@ -13,8 +13,10 @@
             real, c <- this rank's batch (uint8 on the host) -> device, [-1, 1]; c: class labels or None
             lr      <- schedule(kimg)                                                     schedule.py
             D phase: fake = G(z, c').detach();  L_D = d_loss(D(aug(real), c), D(aug(fake), c'))
-                     [+ lecam_weight * LeCam] [+ gp_weight * gradient penalty];  step D   phases.py
-            G phase: D frozen (raw module);  L_G = g_loss(D(aug(G(z'', c'')), c''));  step G
+                     [+ lecam_weight * LeCam] [+ gp_weight * gradient penalty]
+                     [+ class_weight_d * CE(D's class logits of aug(real), c)];  step D      phases.py
+            G phase: D frozen (raw module);  L_G = g_loss(D(aug(G(z'', c'')), c''))
+                     [+ class_weight_g * CE(D's class logits of aug(G(z'', c'')), c'')];  step G
                      (each phase one optimizer step over strategy.gradient_accumulation micro-batches;
                       train.compile: the first step compiles; if that fails, one warning and the step again eager)
             R1 phase, every r1_interval steps: r1_gamma/2 * r1_interval * |grad D(aug(real))|^2;  step D

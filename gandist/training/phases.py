@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gandist.objectives.augment import AugmentPipe
+from gandist.objectives.losses import class_loss
 from gandist.objectives.regularizers import LeCam, gradient_penalty, r1_penalty
 from gandist.reporting.stats import TickStats
 from gandist.strategy import Strategy
@@ -39,6 +40,8 @@ class Phases:
     lecam: LeCam | None = None
     lecam_weight: float = 0.0
     gp_weight: float = 0.0
+    class_weight_d: float = 0.0  # D's class loss on reals (a conditional D's class logits)
+    class_weight_g: float = 0.0  # G's class loss on its fakes and the classes asked for
     guard: bool = False
 
     def d_phase(
@@ -58,10 +61,18 @@ class Phases:
             with s.autocast():
                 with torch.no_grad():
                     fake = G(z_i, cf_i)
-                real_logits = D(self.augment(real_i), cr_i)
+                if self.class_weight_d > 0:
+                    real_logits, real_classes = D(self.augment(real_i), cr_i, classes=True)
+                else:
+                    real_logits = D(self.augment(real_i), cr_i)
                 fake_logits = D(self.augment(fake), cf_i)
                 loss = self.d_loss(real_logits.float(), fake_logits.float())
             regularized = loss
+            if self.class_weight_d > 0:
+                class_d = class_loss(real_classes, cr_i)
+                regularized = regularized + self.class_weight_d * class_d
+                accuracy = (real_classes.detach().argmax(1) == cr_i).float().mean()
+                pending += [("loss/class_D", class_d), ("class_acc/real", accuracy)]
             if self.lecam is not None:
                 lecam = self.lecam.penalty(real_logits.float(), fake_logits.float())
                 regularized = regularized + self.lecam_weight * lecam
@@ -85,8 +96,18 @@ class Phases:
         G = s.train_forward("G")
         for z_i, c_i in micro_batches(s.accumulation, z, c):
             with s.frozen("D") as D, s.autocast():
-                loss = self.g_loss(D(self.augment(G(z_i, c_i)), c_i).float())
-            s.backward("G", loss)
+                if self.class_weight_g > 0:
+                    fake_logits, fake_classes = D(self.augment(G(z_i, c_i)), c_i, classes=True)
+                else:
+                    fake_logits = D(self.augment(G(z_i, c_i)), c_i)
+                loss = self.g_loss(fake_logits.float())
+            total = loss
+            if self.class_weight_g > 0:
+                class_g = class_loss(fake_classes, c_i)
+                total = loss + self.class_weight_g * class_g
+                accuracy = (fake_classes.detach().argmax(1) == c_i).float().mean()
+                pending += [("loss/class_G", class_g), ("class_acc/fake", accuracy)]
+            s.backward("G", total)
             pending.append(("loss/G", loss))
         return self._record("G", s.step("G", guard=self.guard), pending)
 
