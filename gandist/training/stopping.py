@@ -88,11 +88,12 @@ class StopRequested:
         finally:
             self._waiting = False
 
-    def local_reason(self, step: int) -> str | None:
-        """Why this rank wants to stop before `step`, or None (the stop file and the clock every check_every)."""
+    def local_reason(self, step: int, every_step: bool = False) -> str | None:
+        """Why this rank wants to stop before `step`, or None (the stop file and the clock every check_every,
+        or at every step with `every_step`)."""
         if self.signal_name:
             return f"signal {self.signal_name}"
-        if step % self.check_every:
+        if step % self.check_every and not every_step:
             return None
         if self.stop_file is not None and self.stop_file.exists():
             return f"stop file {self.stop_file}"
@@ -112,11 +113,12 @@ class StopRequested:
         return False
 
     def why(self) -> str:
-        """Why the agreed stop happened, for the requeue marker and the log: this rank's own signal when it
-        arrived after the vote told it of another rank's request (a dying launcher signals every rank at once,
-        and the vote may see the other rank's first)."""
-        if self.reason == ANOTHER_RANK and self.signal_name:
-            return f"signal {self.signal_name}"
+        """Why the agreed stop happened, for the requeue marker and the log. When the vote told this rank of
+        another rank's request, this rank's own reason if it has one by now: a dying launcher signals every
+        rank at once, and a stop file on a shared filesystem can appear between two ranks' looks at it, so
+        the vote may see the other rank's request first."""
+        if self.reason == ANOTHER_RANK:
+            return self.local_reason(0, every_step=True) or ANOTHER_RANK
         return self.reason or "stop requested"
 
 
