@@ -15,7 +15,8 @@ training set and measured on the real test split (10,000 images); mean and stand
   real 10%, 1%        class-balanced subsets (600 and 60 images of each class, seeded, nested)
   real x% + 1:R       the subset plus R generated images per real one, from a class-conditional GAN
                       trained only on that subset, for each --ratios R and each --low-data variant
-                      (none: the recipe as it is; diffaugment; ada); --mix-truncation adds the same
+                      (none: the recipe as it is; diffaugment; ada; diffaugment-class: DiffAugment and
+                      the class loss, train.class_weight_d/g); --mix-truncation adds the same
                       rows with the GAN's images drawn at those psi
   real x% + held-out  the subset plus R real images per real one from outside it, for each --ratios R:
                       what a generator as good as the data could add (the bound for the mixes above)
@@ -74,6 +75,12 @@ LOW_DATA = {  # the low-data GAN variants: gandist overrides added to --gan-conf
     "none": [],
     "diffaugment": ["augment.diffaugment=[color,translation,cutout]"],
     "ada": ["augment.ada=[xflip,rotate90,translate,scale,rotate,brightness,contrast]"],
+    # DiffAugment and the class loss (D's projection head read as a classifier): labels the GAN keeps
+    "diffaugment-class": [
+        "augment.diffaugment=[color,translation,cutout]",
+        "train.class_weight_d=0.5",
+        "train.class_weight_g=0.5",
+    ],
 }
 
 
