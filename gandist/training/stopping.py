@@ -88,13 +88,16 @@ class StopRequested:
         finally:
             self._waiting = False
 
-    def local_reason(self, step: int, every_step: bool = False) -> str | None:
-        """Why this rank wants to stop before `step`, or None (the stop file and the clock every check_every,
-        or at every step with `every_step`)."""
+    def local_reason(self, step: int) -> str | None:
+        """Why this rank wants to stop before `step`, or None (the stop file and the clock every check_every)."""
+        if self.signal_name or step % self.check_every == 0:
+            return self.own_reason()
+        return None
+
+    def own_reason(self) -> str | None:
+        """Why this rank wants to stop now, or None: a signal, the stop file, the clock."""
         if self.signal_name:
             return f"signal {self.signal_name}"
-        if step % self.check_every and not every_step:
-            return None
         if self.stop_file is not None and self.stop_file.exists():
             return f"stop file {self.stop_file}"
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -118,7 +121,7 @@ class StopRequested:
         rank at once, and a stop file on a shared filesystem can appear between two ranks' looks at it, so
         the vote may see the other rank's request first."""
         if self.reason == ANOTHER_RANK:
-            return self.local_reason(0, every_step=True) or ANOTHER_RANK
+            return self.own_reason() or ANOTHER_RANK
         return self.reason or "stop requested"
 
 
