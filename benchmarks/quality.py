@@ -57,9 +57,8 @@ sys.path.insert(0, str(ROOT))
 from gandist.data.prepare import iter_idx  # noqa: E402
 from gandist.data.shards import write_shards  # noqa: E402
 from gandist.generator.load import load_trained  # noqa: E402
-from gandist.metrics import feature_stats, frechet_distance, kernel_distance, precision_recall  # noqa: E402
-from gandist.metrics.coverage import density_coverage  # noqa: E402
-from gandist.metrics.evaluator import quantize  # noqa: E402
+from gandist.metrics import feature_stats  # noqa: E402
+from gandist.metrics.evaluator import distribution_scores, quantize  # noqa: E402
 from gandist.metrics.features import load_feature_net  # noqa: E402
 from gandist.metrics.fidelity import (  # noqa: E402
     class_balanced_samples,
@@ -362,16 +361,7 @@ class Protocol:
         """Metrics of a set of images in [-1, 1] (labels: the classes they were asked to be, or None)."""
         start = time.perf_counter()
         fake = embed(self.features, images)
-        precision, recall = precision_recall(self.test_features, fake, k=3)
-        density, coverage = density_coverage(self.test_features, fake, k=5)
-        out = {
-            "fd": frechet_distance(*feature_stats(fake), self.mu, self.sigma),
-            "kid": kernel_distance(self.test_features, fake, 100, 1000, torch.Generator().manual_seed(self.seed)),
-            "precision": precision,
-            "recall": recall,
-            "density": density,
-            "coverage": coverage,
-        }
+        out = distribution_scores(self.test_features, self.mu, self.sigma, fake, seed=self.seed)
         predicted = predict(self.logits, images)
         out["class_share"] = (torch.bincount(predicted, minlength=len(CLASSES)).double() / len(predicted)).tolist()
         if labels is not None:

@@ -89,24 +89,40 @@ class Evaluator:
         results = None
         if self.rank == 0:
             name = self.net.name
-            mu, sigma = feature_stats(fake)
-            real = reference["features"]
-            precision, recall = precision_recall(real, fake, k=self.cfg.pr_k)
-            density, coverage = density_coverage(real, fake, k=COVERAGE_K)
-            results = {
-                f"metrics/fid_{name}": frechet_distance(mu, sigma, reference["mu"], reference["sigma"]),
-                f"metrics/kid_{name}": kernel_distance(
-                    real, fake, self.cfg.kid_subsets, self.cfg.kid_subset_size, torch.Generator().manual_seed(seed)
-                ),
-                f"metrics/precision_{name}": precision,
-                f"metrics/recall_{name}": recall,
-                f"metrics/coverage_{name}": coverage,
-                f"metrics/density_{name}": density,
-            }
+            scores = distribution_scores(
+                reference["features"], reference["mu"], reference["sigma"], fake,
+                self.cfg.pr_k, self.cfg.kid_subsets, self.cfg.kid_subset_size, seed,
+            )  # fmt: skip
+            # logged as metrics/<score>_<feature net>, FD under its usual name (fid_inception_v3: FID)
+            results = {f"metrics/{'fid' if key == 'fd' else key}_{name}": value for key, value in scores.items()}
             if num_classes:
                 results.update(class_metrics(reference, fake, asked, seen, num_classes, name, self.cfg.pr_k))
             results["metrics/seconds"] = round(time.perf_counter() - start, 3)
         return self.strategy.broadcast_object(results)
+
+
+def distribution_scores(
+    real: torch.Tensor,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    fake: torch.Tensor,
+    pr_k: int = 3,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """How close fake features are to real ones (real: the reference features, mu and sigma their statistics):
+    {fd, kid, precision, recall (k=pr_k), density, coverage (k=COVERAGE_K)}. KID's subsets come from `seed`."""
+    precision, recall = precision_recall(real, fake, k=pr_k)
+    density, coverage = density_coverage(real, fake, k=COVERAGE_K)
+    return {
+        "fd": frechet_distance(*feature_stats(fake), mu, sigma),
+        "kid": kernel_distance(real, fake, kid_subsets, kid_subset_size, torch.Generator().manual_seed(seed)),
+        "precision": precision,
+        "recall": recall,
+        "coverage": coverage,
+        "density": density,
+    }
 
 
 def class_metrics(
