@@ -20,6 +20,7 @@ from gandist.metrics import (
     precision_recall,
 )
 from gandist.metrics import reference as reference_module
+from gandist.metrics.evaluator import distribution_scores
 from gandist.metrics.reference import ReferenceSpec
 
 
@@ -103,6 +104,22 @@ def test_precision_recall_on_constructed_manifolds():
     assert precision == 0.0 and recall == 0.0
     precision, recall = precision_recall(real, torch.rand(2000, 2, generator=g), k=3)
     assert precision > 0.9 and recall > 0.9
+
+
+def test_distribution_scores_tell_a_collapsed_set_from_the_data():
+    """One scoring for the Evaluator and benchmarks/quality.py: real (reference) and fake keep their roles."""
+    g = torch.Generator().manual_seed(0)
+    real, other = torch.rand(2000, 2, generator=g), torch.rand(2000, 2, generator=g)
+    collapsed = torch.rand(2000, 2, generator=g) * 0.3  # realistic, a corner of the square only
+    mu, sigma = feature_stats(real)
+    same = distribution_scores(real, mu, sigma, other, kid_subsets=20, kid_subset_size=500)
+    corner = distribution_scores(real, mu, sigma, collapsed, kid_subsets=20, kid_subset_size=500)
+    assert set(same) == {"fd", "kid", "precision", "recall", "density", "coverage"}
+    assert same["fd"] < 1e-3 and abs(same["kid"]) < 1e-3
+    assert min(same["precision"], same["recall"], same["coverage"]) > 0.9
+    assert corner["precision"] > 0.95  # every fake is realistic ...
+    assert corner["recall"] < 0.2 and corner["coverage"] < 0.2  # ... but most of the data is missed
+    assert corner["fd"] > 0.05 and corner["kid"] > 10 * abs(same["kid"])
 
 
 class TinyFeatures(torch.nn.Module):
