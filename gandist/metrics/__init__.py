@@ -5,7 +5,8 @@ kid.py               kernel_distance (unbiased MMD^2, polynomial kernel)
 precision_recall.py  k-NN manifold precision and recall
 features.py          Inception-v3 (FID protocol) or any TorchScript / state-dict network
 reference.py         reference statistics of a dataset, cached next to its shards
-evaluator.py         Evaluator: generate on every rank, embed, gather, rank 0 reports
+evaluator.py         Evaluator: generate on every rank, embed, gather, rank 0 reports; distribution_scores
+                     (FD, KID, precision/recall, density/coverage of fake features against real ones)
 evaluate.py          `gandist evaluate`: the metrics of a checkpoint's generator
 """
 
