@@ -93,7 +93,7 @@ class Evaluator:
                 reference["features"], reference["mu"], reference["sigma"], fake,
                 self.cfg.pr_k, self.cfg.kid_subsets, self.cfg.kid_subset_size, seed,
             )  # fmt: skip
-            # logged as metrics/<score>_<feature net>, FD under its usual name (fid_inception_v3: FID)
+            # logged as metrics/<score>_<feature net>, FD under its usual name (metrics/fid_inception: FID)
             results = {f"metrics/{'fid' if key == 'fd' else key}_{name}": value for key, value in scores.items()}
             if num_classes:
                 results.update(class_metrics(reference, fake, asked, seen, num_classes, name, self.cfg.pr_k))
