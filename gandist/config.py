@@ -169,6 +169,9 @@ class TrainConfig:
     class_weight_g: float = 0.0
     """Class-conditional resnet D: weight of the same cross-entropy on G's fakes and the classes G was asked for,
     in G's loss (pulls each class's samples towards what D recognises as that class); 0: off."""
+    mode_seeking_weight: float = 0.0
+    """Weight of the mode-seeking term in G's loss (Mao et al. 2019: 1): G's batch is drawn in pairs of the same
+    class, and G is asked to keep |G(z1) - G(z2)| / |z1 - z2| large; 0: off."""
     lr_warmup_kimg: float = 0.0
     """Ramp both learning rates linearly from 0 over this many kimg."""
     lr_decay: Literal["constant", "linear", "cosine"] = "constant"
@@ -224,6 +227,7 @@ class TrainConfig:
             "lecam_weight",
             "class_weight_d",
             "class_weight_g",
+            "mode_seeking_weight",
             "lr_warmup_kimg",
         ):
             _at_least(f"train.{key}", getattr(self, key), 0)

@@ -16,6 +16,8 @@ the training loop (train.gp_weight, see regularizers.gradient_penalty):
 Class loss of a conditional D that also gives class logits (train.class_weight_d, train.class_weight_g):
 the cross-entropy of the class logits with the class of the real images (added to D's loss) or with
 the class G was asked for (added to G's loss).
+Mode-seeking term of G (Mao et al. 2019, train.mode_seeking_weight), on pairs of samples of one class:
+    L_ms = 1 / (mean|G(z1, c) - G(z2, c)| / mean|z1 - z2| + 1e-5)
 """
 
 from __future__ import annotations
@@ -69,6 +71,15 @@ def wgan_g(fake_logits: torch.Tensor) -> torch.Tensor:
 def class_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of N x K class logits with int64 labels (the batch mean)."""
     return F.cross_entropy(class_logits.float(), labels)
+
+
+def mode_seeking(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Mao et al. 2019's mode-seeking term for G: 1 / (|x1 - x2| / |z1 - z2| + 1e-5), the first half of the
+    batch paired with the second (mean absolute differences); small when distinct z give distinct images."""
+    half = fake.shape[0] // 2
+    images = (fake[:half].float() - fake[half : 2 * half].float()).abs().mean()
+    noise = (z[:half].float() - z[half : 2 * half].float()).abs().mean()
+    return 1.0 / (images / noise + 1e-5)
 
 
 LOSSES: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]] = {

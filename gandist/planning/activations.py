@@ -185,6 +185,7 @@ def _measure_once(cfg: Config, precision: str, n: int, checkpointing: bool | Non
                 t.gp_weight,
                 t.class_weight_d,
                 t.class_weight_g,
+                t.mode_seeking_weight,
             )
             with meter:
                 if phase == "D":

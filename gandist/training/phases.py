@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gandist.objectives.augment import AugmentPipe
-from gandist.objectives.losses import class_loss
+from gandist.objectives.losses import class_loss, mode_seeking
 from gandist.objectives.regularizers import LeCam, gradient_penalty, r1_penalty
 from gandist.reporting.stats import TickStats
 from gandist.strategy import Strategy
@@ -42,6 +42,7 @@ class Phases:
     gp_weight: float = 0.0
     class_weight_d: float = 0.0  # D's class loss on reals (a conditional D's class logits)
     class_weight_g: float = 0.0  # G's class loss on its fakes and the classes asked for
+    mode_seeking_weight: float = 0.0  # G's mode-seeking term on pairs of the same class
     guard: bool = False
 
     def d_phase(
@@ -95,16 +96,24 @@ class Phases:
         s, pending = self.strategy, []
         G = s.train_forward("G")
         for z_i, c_i in micro_batches(s.accumulation, z, c):
+            if self.mode_seeking_weight > 0 and c_i is not None:  # pairs (i, i + n/2) of the same class
+                half = c_i.shape[0] // 2
+                c_i = torch.cat([c_i[:half], c_i[:half], c_i[2 * half :]])
             with s.frozen("D") as D, s.autocast():
+                fake = G(z_i, c_i)
                 if self.class_weight_g > 0:
-                    fake_logits, fake_classes = D(self.augment(G(z_i, c_i)), c_i, classes=True)
+                    fake_logits, fake_classes = D(self.augment(fake), c_i, classes=True)
                 else:
-                    fake_logits = D(self.augment(G(z_i, c_i)), c_i)
+                    fake_logits = D(self.augment(fake), c_i)
                 loss = self.g_loss(fake_logits.float())
             total = loss
+            if self.mode_seeking_weight > 0:
+                seeking = mode_seeking(fake, z_i)
+                total = total + self.mode_seeking_weight * seeking
+                pending.append(("loss/mode_seeking", seeking))
             if self.class_weight_g > 0:
                 class_g = class_loss(fake_classes, c_i)
-                total = loss + self.class_weight_g * class_g
+                total = total + self.class_weight_g * class_g
                 accuracy = (fake_classes.detach().argmax(1) == c_i).float().mean()
                 pending += [("loss/class_G", class_g), ("class_acc/fake", accuracy)]
             s.backward("G", total)

@@ -55,6 +55,7 @@ def test_conditional_regularized_augmented_run_on_two_ranks_and_distributed_eval
             "train.gp_weight=1.0",
             "train.class_weight_d=0.5",
             "train.class_weight_g=0.5",
+            "train.mode_seeking_weight=0.2",
             "augment.diffaugment=color,translation,cutout",
             "augment.ada=xflip,rotate90,translate,scale,rotate,brightness,contrast,cutout",
             "augment.p=0.2",
@@ -66,7 +67,15 @@ def test_conditional_regularized_augmented_run_on_two_ranks_and_distributed_eval
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["params_in_sync"] is True
     stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
-    regularisers = ("loss/r1", "loss/lecam", "loss/gp", "loss/class_D", "loss/class_G", "class_acc/real")
+    regularisers = (
+        "loss/r1",
+        "loss/lecam",
+        "loss/gp",
+        "loss/class_D",
+        "loss/class_G",
+        "class_acc/real",
+        "loss/mode_seeking",
+    )
     for key in (*regularisers, "augment/p", "augment/rt", "grad_norm/D_r1"):
         assert all(key in s and s[key] == s[key] for s in stats), key  # present and not NaN
     assert stats[-1]["augment/p"] != 0.2  # p was steered
