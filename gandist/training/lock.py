@@ -2,8 +2,8 @@
 
 `runs/NAME/LOCK` holds the holder's host, pid, process start time, SLURM job id and start time; rank 0
 creates it (exclusively) before anything is written and keeps its modification time fresh from a
-background thread. A lock is taken over when its holder is dead: on this host, when the pid is gone (or
-is another process now); anywhere, when it was not refreshed for STALE_S seconds; and always by a
+background thread. A lock is taken over when its holder is dead: on this host, when the pid is gone, a
+zombie, or another process now; anywhere, when it was not refreshed for STALE_S seconds; and always by a
 requeued SLURM job with the holder's job id.
 """
 
@@ -27,12 +27,17 @@ class RunLocked(ConfigError):
     """Another job holds the run folder."""
 
 
-def _process_start(pid: int) -> str | None:
-    """The start time of a process (Linux /proc), to tell a live holder from a reused pid."""
+def _stat(pid: int, field: int) -> str | None:
+    """One field of /proc/PID/stat, counted from the state (field 3 of proc(5)); None if unreadable."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[field]
     except (OSError, IndexError):
         return None
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of a process (Linux /proc), to tell a live holder from a reused pid."""
+    return _stat(pid, 19)
 
 
 def _alive(holder: dict, age_s: float) -> bool:
@@ -49,6 +54,8 @@ def _alive(holder: dict, age_s: float) -> bool:
             return False
         except PermissionError:
             return True
+        if _stat(pid, 0) in ("Z", "X"):
+            return False  # killed, not yet reaped (for ever, under an init that does not reap): gone
         started = holder.get("process_start")
         return started is None or _process_start(pid) in (None, started)
     return age_s < STALE_S
