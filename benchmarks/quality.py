@@ -288,7 +288,7 @@ def plain_run(idx_dir: Path, kimg: float, work: Path, batch: int, every: float =
     steps = int(kimg * 1000) // batch
     order, pos, first = torch.randperm(len(images)), 0, 0
     if state_path.is_file():  # continue a shorter run of this loop (as gandist runs continue theirs)
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=True)
         for module, key in ((G, "G"), (D, "D"), (opt_g, "opt_g"), (opt_d, "opt_d")):
             module.load_state_dict(state[key])
         order, pos, first = state["order"], state["pos"], state["step"]
