@@ -5,26 +5,15 @@ import math
 import pytest
 import torch
 
-from gandist.config import ConfigError, OptimizerConfig, StrategyConfig, load_config
+from gandist.config import ConfigError, load_config
 from gandist.models import build_models
-from gandist.objectives.losses import class_loss, get_losses
-from gandist.reporting.stats import TickStats
-from gandist.strategy import Strategy, make_accelerator
-from gandist.training.optim import make_optimizer
-from gandist.training.phases import Phases
-
-CLASSES = 3
-RES = 8  # one residual block each: fast enough for unit tests
-
-
-def _nets(seed: int = 0, d_mbstd: int = 0):
-    torch.manual_seed(seed)
-    return build_models("resnet", RES, 1, z_dim=8, g_width=4, d_width=4, num_classes=CLASSES, d_mbstd=d_mbstd)
+from gandist.objectives.losses import class_loss
+from tests.unit.conditional_nets import CLASSES, RES, make_phases, nets
 
 
 @pytest.mark.parametrize("d_mbstd", [0, 2])
 def test_class_logits_are_the_projection_terms_of_every_class(d_mbstd):
-    _, D = _nets(d_mbstd=d_mbstd)
+    _, D = nets(d_mbstd=d_mbstd)
     D.eval()  # spectral norm without its power-iteration update: repeated calls see the same weights
     x = torch.randn(5, 1, RES, RES)
     c = torch.tensor([0, 1, 2, 1, 0])
@@ -51,17 +40,6 @@ def test_class_loss_is_the_cross_entropy():
     assert class_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
 
 
-def _phases(class_weight_d: float = 0.0, class_weight_g: float = 0.0, lr: float = 2e-3, accumulation: int = 1):
-    strategy = Strategy(make_accelerator(StrategyConfig()), "fp32", accumulation=accumulation)
-    G, D = _nets()
-    strategy.add("G", G, make_optimizer(G.parameters(), OptimizerConfig(lr=lr, betas=(0.0, 0.99)), "cpu"))
-    strategy.add("D", D, make_optimizer(D.parameters(), OptimizerConfig(lr=lr, betas=(0.0, 0.99)), "cpu"))
-    return Phases(
-        strategy, *get_losses("hinge"), TickStats(strategy.device), class_weight_d=class_weight_d,
-        class_weight_g=class_weight_g,
-    )  # fmt: skip
-
-
 def _class_batch(n: int, generator: torch.Generator):
     """Real images whose class is their brightness: -0.8, 0 or 0.8 plus a little noise."""
     c = torch.randint(0, CLASSES, (n,), generator=generator)
@@ -75,7 +53,7 @@ def test_D_class_loss_makes_D_classify_real_images_faster(seed):
     # the class loss must make D's class logits fit the reals' classes faster than that
     after = {}
     for weight in (0.0, 1.0):
-        phases = _phases(class_weight_d=weight)
+        phases = make_phases(class_weight_d=weight)
         D = phases.strategy.module("D")
         g = torch.Generator().manual_seed(seed)
         x, c = _class_batch(24, g)
@@ -93,7 +71,7 @@ def test_G_class_loss_changes_G_step_and_is_reported():
     z, c = torch.randn(8, 8, generator=g), torch.randint(0, CLASSES, (8,), generator=g)
     steps = {}
     for weight in (0.0, 1.0):
-        phases = _phases(class_weight_g=weight)
+        phases = make_phases(class_weight_g=weight)
         G = phases.strategy.module("G")
         before = [p.detach().clone() for p in G.parameters()]
         assert phases.g_phase(z, c)
@@ -113,7 +91,7 @@ def test_class_weights_need_a_conditional_resnet(key):
 
 
 def test_class_losses_with_gradient_accumulation_report_every_micro_batch():
-    phases = _phases(class_weight_d=1.0, class_weight_g=1.0, accumulation=2)
+    phases = make_phases(class_weight_d=1.0, class_weight_g=1.0, accumulation=2)
     g = torch.Generator().manual_seed(0)
     x, c = _class_batch(8, g)
     z, c_fake = torch.randn(8, 8, generator=g), torch.randint(0, CLASSES, (8,), generator=g)

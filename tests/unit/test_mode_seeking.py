@@ -3,16 +3,9 @@
 import pytest
 import torch
 
-from gandist.config import ConfigError, OptimizerConfig, StrategyConfig, load_config
-from gandist.models import build_models
-from gandist.objectives.losses import get_losses, mode_seeking
-from gandist.reporting.stats import TickStats
-from gandist.strategy import Strategy, make_accelerator
-from gandist.training.optim import make_optimizer
-from gandist.training.phases import Phases
-
-CLASSES = 3
-RES = 8
+from gandist.config import ConfigError, load_config
+from gandist.objectives.losses import mode_seeking
+from tests.unit.conditional_nets import make_phases
 
 
 def test_mode_seeking_by_hand():
@@ -32,22 +25,13 @@ def test_a_collapsed_batch_costs_most():
     assert mode_seeking(torch.cat([varied, varied[:1]]), torch.cat([z, z[:1]])) == mode_seeking(varied, z)
 
 
-def _phases(weight: float, accumulation: int = 1):
-    strategy = Strategy(make_accelerator(StrategyConfig()), "fp32", accumulation=accumulation)
-    torch.manual_seed(0)
-    G, D = build_models("resnet", RES, 1, z_dim=8, g_width=4, d_width=4, num_classes=CLASSES)
-    strategy.add("G", G, make_optimizer(G.parameters(), OptimizerConfig(lr=2e-3, betas=(0.0, 0.99)), "cpu"))
-    strategy.add("D", D, make_optimizer(D.parameters(), OptimizerConfig(lr=2e-3, betas=(0.0, 0.99)), "cpu"))
-    return Phases(strategy, *get_losses("hinge"), TickStats(strategy.device), mode_seeking_weight=weight)
-
-
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_G_step_pairs_samples_of_one_class_and_reports_the_term(accumulation):
     g = torch.Generator().manual_seed(0)
     z, c = torch.randn(12, 8, generator=g), torch.tensor([0, 1, 2, 0, 1, 2, 2, 2, 1, 0, 0, 1])
     steps = {}
     for weight in (0.0, 1.0):
-        phases = _phases(weight, accumulation)
+        phases = make_phases(accumulation=accumulation, mode_seeking_weight=weight)
         G = phases.strategy.module("G")
         seen = []
         G.register_forward_pre_hook(lambda _module, args, seen=seen: seen.append(args[1].clone()))
