@@ -172,6 +172,9 @@ class TrainConfig:
     mode_seeking_weight: float = 0.0
     """Weight of the mode-seeking term in G's loss (Mao et al. 2019: 1): G's batch is drawn in pairs of the same
     class, and G is asked to keep |G(z1) - G(z2)| / |z1 - z2| large; 0: off."""
+    mode_seeking: Literal["batch", "pairs"] = "batch"
+    """How the mode-seeking term averages: batch (the paper's: 1 / the ratio of the batch's mean differences) or
+    pairs (the mean of each pair's 1 / ratio: the most collapsed pairs are pushed apart hardest)."""
     lr_warmup_kimg: float = 0.0
     """Ramp both learning rates linearly from 0 over this many kimg."""
     lr_decay: Literal["constant", "linear", "cosine"] = "constant"

@@ -16,8 +16,12 @@ the training loop (train.gp_weight, see regularizers.gradient_penalty):
 Class loss of a conditional D that also gives class logits (train.class_weight_d, train.class_weight_g):
 the cross-entropy of the class logits with the class of the real images (added to D's loss) or with
 the class G was asked for (added to G's loss).
-Mode-seeking term of G (Mao et al. 2019, train.mode_seeking_weight), on pairs of samples of one class:
-    L_ms = 1 / (mean|G(z1, c) - G(z2, c)| / mean|z1 - z2| + 1e-5)
+Mode-seeking term of G (Mao et al. 2019, train.mode_seeking_weight), on pairs of samples of one class,
+the means taken over the whole batch (train.mode_seeking=batch, the paper's) or pair by pair (pairs):
+    batch:  L_ms = 1 / (mean|G(z1, c) - G(z2, c)| / mean|z1 - z2| + 1e-5)
+    pairs:  L_ms = mean over pairs i of 1 / (mean|G(z1_i, c_i) - G(z2_i, c_i)| / mean|z1_i - z2_i| + 1e-5)
+The pairs form pushes each pair apart in proportion to 1 / its own ratio squared, so the most collapsed
+pairs are pushed hardest; the batch form pushes every pair alike.
 """
 
 from __future__ import annotations
@@ -73,13 +77,16 @@ def class_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return F.cross_entropy(class_logits.float(), labels)
 
 
-def mode_seeking(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+def mode_seeking(fake: torch.Tensor, z: torch.Tensor, per_pair: bool = False) -> torch.Tensor:
     """Mao et al. 2019's mode-seeking term for G: 1 / (|x1 - x2| / |z1 - z2| + 1e-5), the first half of the
-    batch paired with the second (mean absolute differences); small when distinct z give distinct images."""
+    batch paired with the second (mean absolute differences); small when distinct z give distinct images.
+    per_pair: the mean of each pair's term instead of the term of the batch's means."""
     half = fake.shape[0] // 2
-    images = (fake[:half].float() - fake[half : 2 * half].float()).abs().mean()
-    noise = (z[:half].float() - z[half : 2 * half].float()).abs().mean()
-    return 1.0 / (images / noise + 1e-5)
+    images = (fake[:half].float() - fake[half : 2 * half].float()).abs()
+    noise = (z[:half].float() - z[half : 2 * half].float()).abs()
+    if per_pair:
+        return (1.0 / (images.flatten(1).mean(1) / noise.flatten(1).mean(1) + 1e-5)).mean()
+    return 1.0 / (images.mean() / noise.mean() + 1e-5)
 
 
 LOSSES: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]] = {

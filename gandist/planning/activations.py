@@ -186,6 +186,7 @@ def _measure_once(cfg: Config, precision: str, n: int, checkpointing: bool | Non
                 t.class_weight_d,
                 t.class_weight_g,
                 t.mode_seeking_weight,
+                t.mode_seeking,
             )
             with meter:
                 if phase == "D":

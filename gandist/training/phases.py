@@ -43,6 +43,7 @@ class Phases:
     class_weight_d: float = 0.0  # D's class loss on reals (a conditional D's class logits)
     class_weight_g: float = 0.0  # G's class loss on its fakes and the classes asked for
     mode_seeking_weight: float = 0.0  # G's mode-seeking term on pairs of the same class
+    mode_seeking: str = "batch"  # its means over the batch (batch) or pair by pair (pairs)
     guard: bool = False
 
     def d_phase(
@@ -108,7 +109,7 @@ class Phases:
                 loss = self.g_loss(fake_logits.float())
             total = loss
             if self.mode_seeking_weight > 0:
-                seeking = mode_seeking(fake, z_i)
+                seeking = mode_seeking(fake, z_i, per_pair=self.mode_seeking == "pairs")
                 total = total + self.mode_seeking_weight * seeking
                 pending.append(("loss/mode_seeking", seeking))
             if self.class_weight_g > 0:

@@ -1,4 +1,5 @@
-"""G's mode-seeking term (train.mode_seeking_weight): its value, the same-class pairs it is computed on, its key."""
+"""G's mode-seeking term (train.mode_seeking_weight, train.mode_seeking): its value, the same-class pairs it is
+computed on, its keys."""
 
 import pytest
 import torch
@@ -13,6 +14,22 @@ def test_mode_seeking_by_hand():
     x = torch.zeros(4, 1, 2, 2)
     x[2] = 0.5  # pair (0, 2) differs by 0.5 everywhere, pair (1, 3) not at all: |dx| mean 0.25
     assert mode_seeking(x, z).item() == pytest.approx(1 / (0.25 / 1 + 1e-5))
+    # pair by pair: pair (0, 2) has ratio 0.5, the collapsed pair (1, 3) ratio 0, and it dominates the mean
+    assert mode_seeking(x, z, per_pair=True).item() == pytest.approx((1 / (0.5 + 1e-5) + 1 / 1e-5) / 2)
+
+
+def test_pairs_push_the_collapsed_pair_hardest():
+    z = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0], [1.0, 3.0]])
+    x = torch.zeros(4, 1, 2, 2)
+    x[2], x[3] = 0.5, 0.05  # pair (0, 2) far apart, pair (1, 3) nearly collapsed
+    for per_pair in (False, True):
+        x_ = x.clone().requires_grad_(True)
+        mode_seeking(x_, z, per_pair=per_pair).backward()
+        pushed = x_.grad[2:].abs().flatten(1).mean(1)  # how hard each pair's second image is pushed
+        if per_pair:
+            assert pushed[1] > 50 * pushed[0]
+        else:
+            assert pushed[1] == pytest.approx(pushed[0].item())
 
 
 def test_a_collapsed_batch_costs_most():
@@ -54,3 +71,23 @@ def test_mode_seeking_weight_key():
     with pytest.raises(ConfigError, match=r"train\.mode_seeking_weight"):
         load_config(None, ["train.mode_seeking_weight=-1"])
     assert load_config(None, ["train.mode_seeking_weight=0.2"]).train.mode_seeking_weight == 0.2
+
+
+def test_mode_seeking_key():
+    assert load_config(None, []).train.mode_seeking == "batch"
+    assert load_config(None, ["train.mode_seeking=pairs"]).train.mode_seeking == "pairs"
+    with pytest.raises(ConfigError, match=r"train\.mode_seeking"):
+        load_config(None, ["train.mode_seeking=pair"])
+
+
+def test_G_step_takes_the_form_of_the_term_it_is_given():
+    g = torch.Generator().manual_seed(0)
+    z, c = torch.randn(8, 8, generator=g), torch.tensor([0, 1, 2, 0, 1, 2, 2, 1])
+    for form in ("batch", "pairs"):
+        phases = make_phases(mode_seeking_weight=1.0, mode_seeking=form)
+        fakes, G = [], phases.strategy.module("G")
+        G.register_forward_hook(lambda _module, _args, out, fakes=fakes: fakes.append(out.detach()))
+        assert phases.g_phase(z, c)
+        reported = float(phases.stats.means(lambda t: t)["loss/mode_seeking"])
+        assert reported == pytest.approx(mode_seeking(fakes[0], z, per_pair=form == "pairs").item(), rel=1e-5)
+        assert reported != pytest.approx(mode_seeking(fakes[0], z, per_pair=form != "pairs").item(), rel=1e-3)
