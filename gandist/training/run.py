@@ -102,8 +102,10 @@ class Run:
         self.grid_z = self.grid_z.to(self.device)
         self.grid_c = torch.arange(t.grid_size, device=self.device) % classes if classes else None
         self.ticks = Cadence(t.tick_kimg * 1000, nimg)
-        self.snapshots = Cadence(t.snapshot_kimg * 1000, nimg)
-        self.checkpoints = Cadence(t.checkpoint_kimg * 1000, nimg)
+        # grids, checkpoints and metrics at multiples of their intervals, so a resumed job keeps the marks
+        # an uninterrupted run has (checkpoints at 20, 40, 60 kimg after a requeue at 27)
+        self.snapshots = Cadence(t.snapshot_kimg * 1000, nimg, aligned=True)
+        self.checkpoints = Cadence(t.checkpoint_kimg * 1000, nimg, aligned=True)
         every = self.cfg.metrics.interval_kimg * 1000 if self.evaluator is not None else 0
         self.metrics = Cadence(every, nimg, aligned=True)
         self.start_tick()

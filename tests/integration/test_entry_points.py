@@ -94,3 +94,24 @@ def test_resume_auto_continues_the_kimg_count(tmp_path, tiny_shards):
     stats = [json.loads(line) for line in (tmp_path / "r" / "stats.jsonl").read_text().splitlines()]
     kimgs = [s["kimg"] for s in stats]
     assert kimgs == sorted(kimgs) and kimgs[-1] >= 0.512 and len(set(kimgs)) == len(kimgs)
+
+
+def test_a_resumed_run_keeps_checkpoints_and_grids_at_multiples_of_their_intervals(tmp_path, tiny_shards):
+    """A job stopped between marks (a requeue at 96 images) checkpoints at 128, 192, 256 when it resumes,
+    as an uninterrupted run would, not at 96 + 64 + 64 (the curves of benchmarks/quality.py and anyone's
+    "checkpoint every 20 kimg" rely on it)."""
+    args = train_cmd(
+        f"output_dir={tmp_path}",
+        "run_name=r",
+        f"data.shards={tiny_shards}",
+        "train.checkpoint_kimg=0.064",
+        "train.snapshot_kimg=0.064",
+        "train.keep_checkpoints=100",
+    )
+    run([*args, "train.kimg=0.096"])
+    run([*args, "train.kimg=0.256"])
+    steps = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "r" / "checkpoints").glob("step-*"))
+    assert steps == [2, 3, 4, 6, 8]  # 64 images, the first job's end (96), then 128, 192 and 256
+    grids = sorted(p.name for p in (tmp_path / "r" / "samples").glob("fakes-*.png"))
+    kimgs = [float(name[len("fakes-") : -len("kimg.png")]) for name in grids]
+    assert [k for k in kimgs if k > 0.096] == [0.128, 0.192, 0.256]
