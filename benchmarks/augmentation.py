@@ -52,7 +52,6 @@ import json
 import math
 import os
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -66,6 +65,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.children import run_child  # noqa: E402
 from gandist.data.images import decode_array  # noqa: E402
 from gandist.data.specs import expand_shards, iter_shard  # noqa: E402
 from gandist.training.checkpoint import latest_checkpoint  # noqa: E402
@@ -147,9 +147,9 @@ class Commands:
         log("gandist " + shlex.join(args))
         start = time.perf_counter()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.run([sys.executable, "-m", "gandist", *args], cwd=ROOT, env=env)
-        if proc.returncode != 0:
-            raise SystemExit(f"augmentation: `gandist {shlex.join(args)}` exited {proc.returncode} ({what})")
+        status = run_child([sys.executable, "-m", "gandist", *args], cwd=ROOT, env=env)
+        if status != 0:
+            raise SystemExit(f"augmentation: `gandist {shlex.join(args)}` exited {status} ({what})")
         seconds = time.perf_counter() - start
         self.note(args, seconds, what)
         return seconds

@@ -41,7 +41,6 @@ import argparse
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,6 +53,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.children import run_child  # noqa: E402
 from gandist.data.prepare import iter_idx  # noqa: E402
 from gandist.data.shards import write_shards  # noqa: E402
 from gandist.generator.load import load_trained  # noqa: E402
@@ -219,7 +219,9 @@ def gandist_run(name: str, config: Path, train: str, kimg: float, work: Path, ex
         cmd = [sys.executable, "-m", "gandist.train", "--config", str(config), f"data.shards={train}",
                f"train.kimg={kimg}", f"output_dir={work / 'runs'}", f"run_name={name}", *extra]  # fmt: skip
         log(" ".join(cmd))
-        subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        status = run_child(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if status != 0:
+            raise SystemExit(f"quality: training {name} exited {status}: {' '.join(cmd)}")
     stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
     seconds = sum(s["sec_per_kimg"] * (s["kimg"] - prev["kimg"]) for prev, s in zip([{"kimg": 0}] + stats, stats))
     return run_dir, {"train_seconds": round(seconds, 1), "images_per_s": round(kimg * 1000 / max(seconds, 1e-9), 1)}
