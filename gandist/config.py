@@ -44,6 +44,11 @@ class ModelConfig:
     """Channels of D's first layer (ndf); doubles at each lower resolution."""
     num_classes: int = 0
     """Classes of a class-conditional G and D (labels from the shards' cls, 0..num_classes-1); 0: unconditional."""
+    g_shared_dim: int = 0
+    """ResNet G only: > 0 gives BigGAN's hierarchical z and a shared class embedding of this size: z is split into a
+    chunk for the first layer and one per block, and each block's BatchNorms take their scale and shift linearly
+    from [the class embedding, the block's chunk] (unconditional G: the chunk alone); 0: z at the first layer
+    only, a scale and shift per class."""
     d_mbstd: int = 0
     """ResNet D only: group size of a minibatch standard deviation layer at 4x4 (StyleGAN's; 4 is usual); 0: none."""
     channel_base: int = 0
@@ -70,6 +75,17 @@ class ModelConfig:
             raise ConfigError(f"key 'model.channels' must be 1 or 3, got {self.channels}")
         for key in ("z_dim", "g_width", "d_width"):
             _at_least(f"model.{key}", getattr(self, key), 1, "a positive integer")
+        if self.g_shared_dim < 0 or (self.g_shared_dim > 0 and self.arch != "resnet"):
+            raise ConfigError(
+                f"key 'model.g_shared_dim' = {self.g_shared_dim}: a size >= 0, and > 0 only with model.arch=resnet "
+                f"(got arch {self.arch!r})"
+            )
+        chunks = res.bit_length() - 2  # the ResNet G's blocks (log2(res) - 2) and its first layer
+        if self.g_shared_dim > 0 and self.z_dim < chunks:
+            raise ConfigError(
+                f"key 'model.z_dim' = {self.z_dim}: with model.g_shared_dim > 0 z is split into {chunks} chunks at "
+                f"{res} px (G's first layer and each block): at least {chunks}"
+            )
         if self.d_mbstd < 0 or (self.d_mbstd > 0 and self.arch != "resnet"):
             raise ConfigError(
                 f"key 'model.d_mbstd' = {self.d_mbstd}: a group size >= 0, and > 0 only with model.arch=resnet "

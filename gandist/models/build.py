@@ -30,13 +30,15 @@ def build_models(
     d_width: int,
     num_classes: int = 0,
     d_mbstd: int = 0,
+    g_shared_dim: int = 0,
     channel_base: int = 0,
     channel_max: int = 512,
     mapping_layers: int = 2,
 ) -> tuple[nn.Module, nn.Module]:
     """Return (G, D) for an architecture name; num_classes > 0 makes both class-conditional.
 
-    d_mbstd > 0 adds a minibatch standard deviation layer (that group size) to the ResNet D; channel_base,
+    d_mbstd > 0 adds a minibatch standard deviation layer (that group size) to the ResNet D; g_shared_dim > 0
+    gives the ResNet G BigGAN's hierarchical z and shared class embedding (of that size); channel_base,
     channel_max and mapping_layers shape the StyleGAN2. Which combinations make sense is the model config's
     business (ModelConfig.validate).
     """
@@ -47,7 +49,14 @@ def build_models(
         )
     if arch == "resnet":
         return (
-            ResNetGenerator(resolution, z_dim=z_dim, width=g_width, channels=channels, num_classes=num_classes),
+            ResNetGenerator(
+                resolution,
+                z_dim=z_dim,
+                width=g_width,
+                channels=channels,
+                num_classes=num_classes,
+                shared_dim=g_shared_dim,
+            ),
             ResNetDiscriminator(
                 resolution, width=d_width, channels=channels, num_classes=num_classes, mbstd_group=d_mbstd
             ),
@@ -85,6 +94,7 @@ def build_nets(model: ModelConfig, seed: int) -> tuple[nn.Module, nn.Module]:
         m.d_width,
         num_classes=m.num_classes,
         d_mbstd=m.d_mbstd,
+        g_shared_dim=m.g_shared_dim,
         channel_base=m.channel_base,
         channel_max=m.channel_max,
         mapping_layers=m.mapping_layers,

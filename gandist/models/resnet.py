@@ -2,7 +2,11 @@
 
 G: z -> linear -> 4x4 -> residual up-blocks (BN-ReLU-up-conv3-BN-ReLU-conv3, 1x1 up shortcut)
 -> BN-ReLU-conv3 -> Tanh. With `num_classes > 0` every BatchNorm is conditional: its scale and
-shift come from a per-class embedding (de Vries et al. 2017), so G(z, c) draws class c.
+shift come from a per-class embedding (de Vries et al. 2017), so G(z, c) draws class c. With
+`shared_dim > 0`, BigGAN's hierarchical z and shared embedding instead: z is split into one chunk for
+the linear layer and one per block, and each block's BatchNorms take their scale and shift linearly
+from [a class embedding of size shared_dim shared by all blocks, the block's chunk of z], so z
+reaches every resolution directly.
 
 D: residual down-blocks to 4x4 (the first one "optimised": conv before ReLU), ReLU, global sum
 pooling, a linear logit; every conv and linear layer is spectrally normalised (largest singular
@@ -72,20 +76,40 @@ class ConditionalBatchNorm2d(nn.Module):
         return h
 
 
-class GBlock(nn.Module):
-    """Residual block that doubles the resolution."""
+class LinearConditionalBatchNorm2d(nn.Module):
+    """BatchNorm whose scale and shift are linear in a vector y (BigGAN: [shared class embedding, a chunk of z]);
+    it starts as plain BatchNorm (scale 1, shift 0) and learns how much y moves them."""
 
-    def __init__(self, in_ch: int, out_ch: int, num_classes: int):
+    def __init__(self, channels: int, cond_dim: int):
         super().__init__()
-        self.bn1 = ConditionalBatchNorm2d(in_ch, num_classes)
+        self.bn = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Linear(cond_dim, channels)
+        self.bias = nn.Linear(cond_dim, channels)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.bn(x) * (1 + self.gain(y)[:, :, None, None]) + self.bias(y)[:, :, None, None]
+
+
+def _g_norm(channels: int, num_classes: int, cond_dim: int) -> nn.Module:
+    if cond_dim:
+        return LinearConditionalBatchNorm2d(channels, cond_dim)
+    return ConditionalBatchNorm2d(channels, num_classes)
+
+
+class GBlock(nn.Module):
+    """Residual block that doubles the resolution; its BatchNorms read class labels, or a vector (cond_dim > 0)."""
+
+    def __init__(self, in_ch: int, out_ch: int, num_classes: int, cond_dim: int = 0):
+        super().__init__()
+        self.bn1 = _g_norm(in_ch, num_classes, cond_dim)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, 1, 1)
-        self.bn2 = ConditionalBatchNorm2d(out_ch, num_classes)
+        self.bn2 = _g_norm(out_ch, num_classes, cond_dim)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1)
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1, 1, 0)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        h = F.interpolate(F.relu(self.bn1(x, c)), scale_factor=2, mode="nearest")
-        h = self.conv2(F.relu(self.bn2(self.conv1(h), c)))
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        h = F.interpolate(F.relu(self.bn1(x, cond)), scale_factor=2, mode="nearest")
+        h = self.conv2(F.relu(self.bn2(self.conv1(h), cond)))
         return h + self.shortcut(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
@@ -96,15 +120,32 @@ class ResNetGenerator(nn.Module):
     """Recompute each residual block in the backward pass instead of keeping its activations."""
 
     def __init__(
-        self, resolution: int = 32, z_dim: int = 128, width: int = 64, channels: int = 3, num_classes: int = 0
+        self,
+        resolution: int = 32,
+        z_dim: int = 128,
+        width: int = 64,
+        channels: int = 3,
+        num_classes: int = 0,
+        shared_dim: int = 0,
     ):
         super().__init__()
         self.resolution, self.z_dim, self.channels, self.num_classes = resolution, z_dim, channels, num_classes
         n_up = _num_blocks(resolution)
         self.top_ch = channels_at(resolution, 4, width)
-        self.linear = nn.Linear(z_dim, 4 * 4 * self.top_ch)
+        # BigGAN's hierarchical z (shared_dim > 0): z is split into a chunk for the first layer and one for each
+        # block, whose BatchNorms read [a class embedding shared by every block, the block's chunk]
+        n_chunks = n_up + 1 if shared_dim else 1
+        self.chunks = [z_dim - (n_chunks - 1) * (z_dim // n_chunks)] + [z_dim // n_chunks] * (n_chunks - 1)
+        self.shared = nn.Embedding(num_classes, shared_dim) if shared_dim and num_classes else None
+        cond_dim = self.chunks[-1] + (shared_dim if num_classes else 0) if shared_dim else 0
+        self.linear = nn.Linear(self.chunks[0], 4 * 4 * self.top_ch)
         self.blocks = nn.ModuleList(
-            GBlock(channels_at(resolution, 4 * 2**i, width), channels_at(resolution, 8 * 2**i, width), num_classes)
+            GBlock(
+                channels_at(resolution, 4 * 2**i, width),
+                channels_at(resolution, 8 * 2**i, width),
+                num_classes,
+                cond_dim,
+            )
             for i in range(n_up)
         )
         last = channels_at(resolution, resolution, width)
@@ -114,12 +155,22 @@ class ResNetGenerator(nn.Module):
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, LinearConditionalBatchNorm2d):
+                nn.init.zeros_(m.gain.weight)
+                nn.init.zeros_(m.bias.weight)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         _check_labels(c, self.num_classes, "ResNetGenerator")
-        h = self.linear(z.flatten(1)).view(z.shape[0], self.top_ch, 4, 4)
-        for block in self.blocks:
-            h = run_block(block, [block], h, c, checkpointed=self.activation_checkpointing)
+        zs = z.flatten(1).split(self.chunks, dim=1)
+        h = self.linear(zs[0]).view(z.shape[0], self.top_ch, 4, 4)
+        shared = None if self.shared is None else self.shared(c)
+        for i, block in enumerate(self.blocks):
+            if len(zs) == 1:
+                cond = c
+            else:
+                cond = zs[i + 1] if shared is None else torch.cat([shared, zs[i + 1]], dim=1)
+            h = run_block(block, [block], h, cond, checkpointed=self.activation_checkpointing)
         return torch.tanh(self.to_image(F.relu(self.bn(h))))
 
 

@@ -9,16 +9,18 @@ from gandist.config import load_config
 from gandist.models import build_nets
 from gandist.objectives.regularizers import r1_penalty
 
+RESNET = ["model.arch=resnet", "model.num_classes=3", "model.d_mbstd=4"]  # spectral norm, BatchNorm, mbstd
 ARCHS = {
-    "dcgan": [],
-    "resnet": ["model.num_classes=3", "model.d_mbstd=4"],  # spectral norm (power iterations), BatchNorm, mbstd
-    "stylegan2": ["model.num_classes=3"],  # noise inputs drawn inside the blocks
+    "dcgan": ["model.arch=dcgan"],
+    "resnet": RESNET,
+    "resnet-hierarchical-z": [*RESNET, "model.g_shared_dim=4"],  # z's chunks and the embedding into each block
+    "stylegan2": ["model.arch=stylegan2", "model.num_classes=3"],  # noise inputs drawn inside the blocks
 }
 
 
 def _one_step(arch: str, checkpointing: bool) -> dict[str, torch.Tensor]:
     """Gradients (and buffers afterwards) of a D loss on reals and fakes, a G loss and an R1 penalty."""
-    overrides = [f"model.arch={arch}", "model.g_width=4", "model.d_width=4", "model.z_dim=8", *ARCHS[arch]]
+    overrides = [*ARCHS[arch], "model.g_width=4", "model.d_width=4", "model.z_dim=8"]
     cfg = load_config(None, [*overrides, f"model.activation_checkpointing={str(checkpointing).lower()}"])
     G, D = build_nets(cfg.model, seed=0)
     assert G.activation_checkpointing is checkpointing and D.activation_checkpointing is checkpointing
@@ -67,7 +69,7 @@ def test_checkpointing_is_off_without_gradients():
 
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_checkpointing_keeps_fewer_activations(arch):
-    overrides = [f"model.arch={arch}", "model.g_width=4", "model.d_width=4", "model.z_dim=8", *ARCHS[arch]]
+    overrides = [*ARCHS[arch], "model.g_width=4", "model.d_width=4", "model.z_dim=8"]
     saved = []
     for on in (False, True):
         cfg = load_config(None, [*overrides, f"model.activation_checkpointing={str(on).lower()}"])

@@ -171,3 +171,35 @@ def test_resnet_minibatch_stddev_lets_D_see_a_batch_variety():
     assert hasattr(D.mbstd_conv, "parametrizations") and plain.mbstd_conv is None
     with pytest.raises(ConfigError, match="d_mbstd"):
         load_config(None, ["model.d_mbstd=4"])  # the dcgan D has no such layer
+
+
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_resnet_hierarchical_z_feeds_every_block(num_classes):
+    torch.manual_seed(0)
+    G, _ = build_models("resnet", 32, 1, z_dim=9, g_width=4, d_width=4, num_classes=num_classes, g_shared_dim=5)
+    G.eval()
+    assert G.chunks == [3, 2, 2, 2]  # the first layer's chunk takes what an even split leaves
+    z, c = torch.randn(1, 9), (torch.tensor([1]) if num_classes else None)
+    with torch.no_grad():
+        x = G(z, c)
+        # it starts as plain BatchNorm (scale 1, shift 0): the blocks' chunks and the class do nothing yet
+        for lo, hi in ((3, 5), (5, 7), (7, 9)):
+            moved = z.clone()
+            moved[:, lo:hi] += 1
+            assert torch.allclose(G(moved, c), x, atol=1e-6)
+        for m in G.modules():  # as after training: scale and shift depend on [embedding(c), chunk]
+            if isinstance(m, resnet.LinearConditionalBatchNorm2d):
+                m.gain.weight.normal_(0, 0.3), m.bias.weight.normal_(0, 0.3)
+        x = G(z, c)
+        for lo, hi in ((0, 3), (3, 5), (5, 7), (7, 9)):  # each chunk reaches the image
+            moved = z.clone()
+            moved[:, lo:hi] += 1
+            assert (G(moved, c) - x).abs().max() > 1e-3, (lo, hi)
+        if num_classes:  # the shared embedding makes G(z, c) depend on c
+            assert (G(z, torch.tensor([2])) - x).abs().max() > 1e-3
+    cfg = load_config(None, ["model.arch=resnet", "model.g_shared_dim=128", "model.z_dim=128"])
+    assert cfg.model.g_shared_dim == 128
+    with pytest.raises(ConfigError, match="g_shared_dim"):
+        load_config(None, ["model.g_shared_dim=16"])  # the dcgan G has no such conditioning
+    with pytest.raises(ConfigError, match="g_shared_dim"):
+        load_config(None, ["model.arch=resnet", "model.g_shared_dim=16", "model.z_dim=3"])  # 4 chunks of z at 32 px
