@@ -86,6 +86,7 @@ def test_the_shipped_best_recipe_trains_on_labelled_shards(tmp_path, tiny_shards
     state, _ = load_checkpoint(complete_checkpoints(tmp_path / "b")[-1])
     assert state["step"] == 2 and state["config"]["model"]["arch"] == "resnet"
     assert state["config"]["train"]["mode_seeking"] == "pairs"  # the mode-seeking term pair by pair
-    assert state["G_ema"]["blocks.0.bn1.gain.weight"].shape == (10, 512)  # class-conditional BatchNorm, g_width 64
+    assert state["G_ema"]["shared.weight"].shape == (10, 128)  # BigGAN's shared class embedding
+    assert state["G_ema"]["blocks.0.bn1.gain.weight"].shape == (512, 128 + 32)  # [embedding, z chunk], g_width 64
     assert state["D"]["embed.parametrizations.weight.original"].shape == (10, 256)  # projection head, d_width 64
     assert state["D"]["mbstd_conv.parametrizations.weight.original"].shape == (256, 257, 3, 3)  # + the std channel
