@@ -41,3 +41,4 @@ for pname, p in strategy.full_parameters("G_ema"):
     result[f"G_ema.{pname}"] = p.clone()
 if strategy.is_main:
     torch.save(result, out)
+strategy.close()  # all ranks tear down together: a rank leaving while rank 0 saves aborted at exit (gloo)
