@@ -21,7 +21,8 @@ the means taken over the whole batch (train.mode_seeking=batch, the paper's) or 
     batch:  L_ms = 1 / (mean|G(z1, c) - G(z2, c)| / mean|z1 - z2| + 1e-5)
     pairs:  L_ms = mean over pairs i of 1 / (mean|G(z1_i, c_i) - G(z2_i, c_i)| / mean|z1_i - z2_i| + 1e-5)
 The pairs form pushes each pair apart in proportion to 1 / its own ratio squared, so the most collapsed
-pairs are pushed hardest; the batch form pushes every pair alike.
+pairs are pushed hardest; the batch form pushes every pair alike. G's phase shows D such a batch in the
+order of pairs_apart, so that no pair falls into one group of D's minibatch std layer.
 """
 
 from __future__ import annotations
@@ -87,6 +88,17 @@ def mode_seeking(fake: torch.Tensor, z: torch.Tensor, per_pair: bool = False) ->
     if per_pair:
         return (1.0 / (images.flatten(1).mean(1) / noise.flatten(1).mean(1) + 1e-5)).mean()
     return 1.0 / (images.mean() / noise.mean() + 1e-5)
+
+
+def pairs_apart(n: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The order in which G's phase shows D a batch of n drawn in mode-seeking pairs (i, i + n/2): the second
+    half rolled by one. D's minibatch std groups are strided (members j, j + n/g, j + 2n/g, ...), so in the
+    batch's own order each group would hold whole same-class pairs; rolled, a group's members are unrelated
+    samples, as they are in D's phase. The mean losses do not depend on the order; only that layer does."""
+    order, half = torch.arange(n, device=device), n // 2
+    if half:
+        order[half : 2 * half] = half + (torch.arange(half, device=device) + 1) % half
+    return order
 
 
 LOSSES: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]] = {

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gandist.objectives.augment import AugmentPipe
-from gandist.objectives.losses import class_loss, mode_seeking
+from gandist.objectives.losses import class_loss, mode_seeking, pairs_apart
 from gandist.objectives.regularizers import LeCam, gradient_penalty, r1_penalty
 from gandist.reporting.stats import TickStats
 from gandist.strategy import Strategy
@@ -102,10 +102,14 @@ class Phases:
                 c_i = torch.cat([c_i[:half], c_i[:half], c_i[2 * half :]])
             with s.frozen("D") as D, s.autocast():
                 fake = G(z_i, c_i)
+                seen, c_seen = fake, c_i
+                if self.mode_seeking_weight > 0 and c_i is not None:  # no pair within one minibatch std group
+                    order = pairs_apart(c_i.shape[0], c_i.device)
+                    seen, c_seen = fake[order], c_i[order]
                 if self.class_weight_g > 0:
-                    fake_logits, fake_classes = D(self.augment(fake), c_i, classes=True)
+                    fake_logits, fake_classes = D(self.augment(seen), c_seen, classes=True)
                 else:
-                    fake_logits = D(self.augment(fake), c_i)
+                    fake_logits = D(self.augment(seen), c_seen)
                 loss = self.g_loss(fake_logits.float())
             total = loss
             if self.mode_seeking_weight > 0:
@@ -113,9 +117,9 @@ class Phases:
                 total = total + self.mode_seeking_weight * seeking
                 pending.append(("loss/mode_seeking", seeking))
             if self.class_weight_g > 0:
-                class_g = class_loss(fake_classes, c_i)
+                class_g = class_loss(fake_classes, c_seen)
                 total = total + self.class_weight_g * class_g
-                accuracy = (fake_classes.detach().argmax(1) == c_i).float().mean()
+                accuracy = (fake_classes.detach().argmax(1) == c_seen).float().mean()
                 pending += [("loss/class_G", class_g), ("class_acc/fake", accuracy)]
             s.backward("G", total)
             pending.append(("loss/G", loss))

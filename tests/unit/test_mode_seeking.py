@@ -1,11 +1,12 @@
 """G's mode-seeking term (train.mode_seeking_weight, train.mode_seeking): its value, the same-class pairs it is
-computed on, its keys."""
+computed on, the order D sees them in, its keys."""
 
 import pytest
 import torch
 
 from gandist.config import ConfigError, load_config
-from gandist.objectives.losses import mode_seeking
+from gandist.models.layers import minibatch_stddev
+from gandist.objectives.losses import mode_seeking, pairs_apart
 from tests.unit.conditional_nets import make_phases
 
 
@@ -65,6 +66,43 @@ def test_G_step_pairs_samples_of_one_class_and_reports_the_term(accumulation):
             assert torch.equal(labels[:half], asked[:half])
             assert torch.equal(labels[half:], asked[:half] if weight > 0 else asked[half:])
     assert any(not torch.allclose(a, b) for a, b in zip(steps[0.0], steps[1.0]))
+
+
+def std_group(n: int, group_size: int, position: int) -> set[int]:
+    """The positions D's minibatch std layer takes one std over together with `position`, found by running it."""
+    x = torch.zeros(n, 1, 1, 1)
+    x[position] = 1.0
+    return set((minibatch_stddev(x, group_size)[:, 1].flatten() > 0.1).nonzero().flatten().tolist())
+
+
+@pytest.mark.parametrize("n, group_size", [(8, 4), (32, 4), (32, 8), (12, 4), (9, 2), (16, 2), (4, 2)])
+def test_pairs_apart_puts_no_pair_in_one_minibatch_std_group(n, group_size):
+    order = pairs_apart(n)
+    assert sorted(order.tolist()) == list(range(n))  # a permutation of the batch
+    position = order.argsort()  # where each sample of the batch is shown to D
+    half = n // 2
+    for i in range(half):
+        assert position[i + half].item() not in std_group(n, group_size, position[i].item())
+    # in the batch's own order, every pair shares a group (the strided groups of a batch of 2 * half)
+    if n % 2 == 0:
+        assert all(i + half in std_group(n, group_size, i) for i in range(half))
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_D_sees_the_pairs_apart_with_their_classes(accumulation):
+    g = torch.Generator().manual_seed(0)
+    z, c = torch.randn(16, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+    for weight in (0.0, 1.0):
+        phases = make_phases(accumulation=accumulation, mode_seeking_weight=weight, class_weight_g=0.5)
+        made, shown = [], []  # G's (images, classes asked for); D's (images, classes) in G's phase
+        G, D = phases.strategy.module("G"), phases.strategy.module("D")
+        G.register_forward_hook(lambda _m, args, out, made=made: made.append((out.detach(), args[1])))
+        D.register_forward_pre_hook(lambda _m, args, shown=shown: shown.append(args))
+        assert phases.g_phase(z, c)
+        assert len(made) == len(shown) == accumulation
+        for (fake, asked), (images, labels) in zip(made, shown):
+            order = pairs_apart(len(asked)) if weight > 0 else torch.arange(len(asked))
+            assert torch.equal(images.detach(), fake[order]) and torch.equal(labels, asked[order])
 
 
 def test_mode_seeking_weight_key():
