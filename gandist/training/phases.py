@@ -97,15 +97,14 @@ class Phases:
         s, pending = self.strategy, []
         G = s.train_forward("G")
         for z_i, c_i in micro_batches(s.accumulation, z, c):
+            order = None
             if self.mode_seeking_weight > 0 and c_i is not None:  # pairs (i, i + n/2) of the same class
                 half = c_i.shape[0] // 2
                 c_i = torch.cat([c_i[:half], c_i[:half], c_i[2 * half :]])
+                order = pairs_apart(c_i.shape[0], c_i.device)  # D sees no pair within one minibatch std group
             with s.frozen("D") as D, s.autocast():
                 fake = G(z_i, c_i)
-                seen, c_seen = fake, c_i
-                if self.mode_seeking_weight > 0 and c_i is not None:  # no pair within one minibatch std group
-                    order = pairs_apart(c_i.shape[0], c_i.device)
-                    seen, c_seen = fake[order], c_i[order]
+                seen, c_seen = (fake, c_i) if order is None else (fake[order], c_i[order])
                 if self.class_weight_g > 0:
                     fake_logits, fake_classes = D(self.augment(seen), c_seen, classes=True)
                 else:
