@@ -179,6 +179,10 @@ class TrainConfig:
     """Weight of the LeCam regulariser of D's outputs (0.3 in Tseng et al. with hinge loss); 0: off."""
     lecam_decay: float = 0.99
     """Decay of LeCam's running means of D(real) and D(fake) per step."""
+    consistency_weight: float = 0.0
+    """Weight of balanced consistency regularisation of D (bCR, Zhao et al. 2021: 10): the mean squared
+    difference of D's logits on each real and fake image and on the same image flipped left-right at random and
+    shifted by up to 1/8 of its side; 0: off."""
     class_weight_d: float = 0.0
     """Class-conditional resnet D: weight of the cross-entropy of its class logits (its projection head read as a
     classifier over every class) on real images, in D's loss; 0: off."""
@@ -244,6 +248,7 @@ class TrainConfig:
             "gp_weight",
             "r1_gamma",
             "lecam_weight",
+            "consistency_weight",
             "class_weight_d",
             "class_weight_g",
             "mode_seeking_weight",

@@ -1,4 +1,4 @@
-"""Regularisers of D: R1, the WGAN gradient penalty and LeCam. Pure torch, no distribution.
+"""Regularisers of D: R1, the WGAN gradient penalty, LeCam and consistency. Pure torch, no distribution.
 
 R1 (Mescheder et al. 2018): gamma / 2 * E[ ||grad_x D(x)||^2 ] on real images. Applied lazily (every
 k-th step, scaled by k) as in StyleGAN2. The gradient is taken with `torch.autograd.grad(...,
@@ -11,6 +11,11 @@ interpolates x_hat between real and fake images.
 LeCam (Tseng et al. 2021): keeps D's outputs on reals near the running mean of its outputs on
 fakes and vice versa, E[relu(D(x) - ema_fake)^2] + E[relu(ema_real - D(G(z)))^2], which bounds
 how far D can drift when data is scarce.
+
+Balanced consistency regularisation (bCR, Zhao et al. 2021): E[(D(x) - D(T(x)))^2] on the reals and on
+the fakes D is trained on, T a random horizontal flip and a shift of up to 1/8 of the image (mirrored
+edges). D learns to give an image and its slightly moved mirror image the same score without ever
+being trained on T(x) as data, so T's images cannot leak into G's samples.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
+from gandist.objectives.augment import ada_augment
 
 
 def r1_penalty(
@@ -49,6 +56,24 @@ def gradient_penalty(
     logits = D(x, c)
     (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1.0).square(), logits
+
+
+def consistency_transform(images: torch.Tensor) -> torch.Tensor:
+    """bCR's T: each image flipped left-right with probability 1/2, then shifted by a random whole number of
+    pixels in [-1/8, 1/8] of each side (0 included), edges mirrored (the global generator of the images' device)."""
+    images = ada_augment(images, ("xflip",), torch.tensor(0.5, device=images.device))
+    return ada_augment(images, ("translate",), torch.tensor(1.0, device=images.device))
+
+
+def consistency_penalty(
+    D: Callable[..., torch.Tensor], images: torch.Tensor, logits: torch.Tensor, c: torch.Tensor | None = None
+) -> torch.Tensor:
+    """bCR's term for one batch: mean of (D(images, c) - D(T(images), c))^2, `logits` being D(images, c).
+
+    The gradient flows through both sides, as in the paper; call it under the same autocast as `logits`.
+    """
+    moved = D(consistency_transform(images.detach()), c)
+    return (logits.float() - moved.float()).square().mean()
 
 
 class LeCam:

@@ -14,6 +14,7 @@
             lr      <- schedule(kimg)                                                     schedule.py
             D phase: fake = G(z, c').detach();  L_D = d_loss(D(aug(real), c), D(aug(fake), c'))
                      [+ lecam_weight * LeCam] [+ gp_weight * gradient penalty]
+                     [+ consistency_weight * bCR: (D(x) - D(T(x)))^2 on aug(real) and aug(fake)]
                      [+ class_weight_d * CE(D's class logits of aug(real), c)];  step D      phases.py
             G phase: D frozen (raw module);  L_G = g_loss(D(aug(G(z'', c'')), c''))
                      [+ class_weight_g * CE(D's class logits of aug(G(z'', c'')), c'')];  step G

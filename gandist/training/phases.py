@@ -17,7 +17,7 @@ import torch
 
 from gandist.objectives.augment import AugmentPipe
 from gandist.objectives.losses import class_loss, mode_seeking, pairs_apart
-from gandist.objectives.regularizers import LeCam, gradient_penalty, r1_penalty
+from gandist.objectives.regularizers import LeCam, consistency_penalty, gradient_penalty, r1_penalty
 from gandist.reporting.stats import TickStats
 from gandist.strategy import Strategy
 
@@ -44,6 +44,7 @@ class Phases:
     class_weight_g: float = 0.0  # G's class loss on its fakes and the classes asked for
     mode_seeking_weight: float = 0.0  # G's mode-seeking term on pairs of the same class
     mode_seeking: str = "batch"  # its means over the batch (batch) or pair by pair (pairs)
+    consistency_weight: float = 0.0  # bCR: D's logits on reals and fakes against those on T(images)
     guard: bool = False
 
     def d_phase(
@@ -63,13 +64,21 @@ class Phases:
             with s.autocast():
                 with torch.no_grad():
                     fake = G(z_i, cf_i)
+                real_seen, fake_seen = self.augment(real_i), self.augment(fake)
                 if self.class_weight_d > 0:
-                    real_logits, real_classes = D(self.augment(real_i), cr_i, classes=True)
+                    real_logits, real_classes = D(real_seen, cr_i, classes=True)
                 else:
-                    real_logits = D(self.augment(real_i), cr_i)
-                fake_logits = D(self.augment(fake), cf_i)
+                    real_logits = D(real_seen, cr_i)
+                fake_logits = D(fake_seen, cf_i)
                 loss = self.d_loss(real_logits.float(), fake_logits.float())
+                if self.consistency_weight > 0:
+                    consistency = consistency_penalty(D, real_seen, real_logits, cr_i) + consistency_penalty(
+                        D, fake_seen, fake_logits, cf_i
+                    )
             regularized = loss
+            if self.consistency_weight > 0:
+                regularized = regularized + self.consistency_weight * consistency
+                pending.append(("loss/consistency", consistency))
             if self.class_weight_d > 0:
                 class_d = class_loss(real_classes, cr_i)
                 regularized = regularized + self.class_weight_d * class_d

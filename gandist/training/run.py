@@ -220,7 +220,8 @@ def _make_phases(cfg: Config, strategy: Strategy, state: TrainState) -> Phases:
     losses = get_losses(t.loss)
     return Phases(
         strategy, *losses, TickStats(strategy.device), state.augment, state.lecam, t.lecam_weight, t.gp_weight,
-        t.class_weight_d, t.class_weight_g, t.mode_seeking_weight, t.mode_seeking, guard=cfg.faults.nan_guard,
+        t.class_weight_d, t.class_weight_g, t.mode_seeking_weight, t.mode_seeking, t.consistency_weight,
+        guard=cfg.faults.nan_guard,
     )  # fmt: skip
 
 
