@@ -182,7 +182,8 @@ class TrainConfig:
     consistency_weight: float = 0.0
     """Weight of balanced consistency regularisation of D (bCR, Zhao et al. 2021: 10): the mean squared
     difference of D's logits on each real and fake image and on the same image flipped left-right at random and
-    shifted by up to 1/8 of its side; 0: off."""
+    shifted by up to 1/8 of its side; 0: off. Only for data whose flipped and shifted images are images of the data
+    (on Fashion-MNIST G learns to draw shifted, cut and mirrored objects)."""
     class_weight_d: float = 0.0
     """Class-conditional resnet D: weight of the cross-entropy of its class logits (its projection head read as a
     classifier over every class) on real images, in D's loss; 0: off."""
