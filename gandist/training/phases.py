@@ -71,14 +71,13 @@ class Phases:
                     real_logits = D(real_seen, cr_i)
                 fake_logits = D(fake_seen, cf_i)
                 loss = self.d_loss(real_logits.float(), fake_logits.float())
-                if self.consistency_weight > 0:
+                regularized = loss
+                if self.consistency_weight > 0:  # D's forwards on T(images) under the same autocast
                     consistency = consistency_penalty(D, real_seen, real_logits, cr_i) + consistency_penalty(
                         D, fake_seen, fake_logits, cf_i
                     )
-            regularized = loss
-            if self.consistency_weight > 0:
-                regularized = regularized + self.consistency_weight * consistency
-                pending.append(("loss/consistency", consistency))
+                    regularized = regularized + self.consistency_weight * consistency
+                    pending.append(("loss/consistency", consistency))
             if self.class_weight_d > 0:
                 class_d = class_loss(real_classes, cr_i)
                 regularized = regularized + self.class_weight_d * class_d
