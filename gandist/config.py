@@ -167,6 +167,9 @@ class TrainConfig:
     """Budget: thousands of real images shown to D."""
     batch: int = 64
     """Global batch: real images per D step summed over all ranks (must divide by the number of ranks)."""
+    d_steps: int = 1
+    """D steps per G step (SNGAN's n_dis: 5, BigGAN's: 2): every iteration takes one real batch and one D step, G
+    takes its step on every d_steps-th iteration of the run (so kimg still counts reals shown to D)."""
     loss: Literal["nonsaturating", "hinge", "least_squares", "wgan"] = "nonsaturating"
     """GAN loss (wgan wants a Lipschitz D: train.gp_weight > 0 or the spectral-norm resnet D)."""
     gp_weight: float = 0.0
@@ -238,7 +241,7 @@ class TrainConfig:
         """Raise ConfigError for impossible values."""
         _at_least("train.batch", self.batch, 1, "positive")
         _at_least("train.grid_size", self.grid_size, 1, "positive")
-        for key in ("kimg", "tick_kimg", "snapshot_kimg", "r1_interval"):
+        for key in ("kimg", "tick_kimg", "snapshot_kimg", "r1_interval", "d_steps"):
             _positive(f"train.{key}", getattr(self, key))
         for key in (
             "ema_kimg",

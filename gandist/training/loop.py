@@ -16,7 +16,7 @@
                      [+ lecam_weight * LeCam] [+ gp_weight * gradient penalty]
                      [+ consistency_weight * bCR: (D(x) - D(T(x)))^2 on aug(real) and aug(fake)]
                      [+ class_weight_d * CE(D's class logits of aug(real), c)];  step D      phases.py
-            G phase: D frozen (raw module);  L_G = g_loss(D(aug(G(z'', c'')), c''))
+            G phase, every d_steps steps: D frozen (raw module);  L_G = g_loss(D(aug(G(z'', c'')), c''))
                      [+ class_weight_g * CE(D's class logits of aug(G(z'', c'')), c'')];  step G
                      (each phase one optimizer step over strategy.gradient_accumulation micro-batches;
                       train.compile: the first step compiles; if that fails, one warning and the step again eager)

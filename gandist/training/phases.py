@@ -166,7 +166,9 @@ class Phases:
         c_real: torch.Tensor | None = None,
         c_d: torch.Tensor | None = None,
         c_g: torch.Tensor | None = None,
+        g_step: bool = True,
     ) -> bool:
-        """One D step then one G step on this rank's batch; False if the non-finite guard skipped either."""
+        """One D step then (if g_step) one G step on this rank's batch; False if the non-finite guard skipped
+        either."""
         d_ok = self.d_phase(real, z_d, c_real, c_d)
-        return self.g_phase(z_g, c_g) and d_ok
+        return (self.g_phase(z_g, c_g) if g_step else True) and d_ok

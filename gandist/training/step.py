@@ -2,7 +2,7 @@
 
 real, c      <- the batch -> device, [-1, 1]; c: class labels or None
 lr           <- schedule(kimg)
-D phase, G phase [, R1 phase every train.r1_interval steps]   (phases.py)
+D phase, G phase (every train.d_steps steps) [, R1 phase every train.r1_interval steps]   (phases.py)
 ADA          <- p moves every augment.interval steps
 G_ema        <- lerp towards G (under ZeRO-3 each rank its own partitions: no all-gather)
 nimg += global batch; the non-finite guard counts skipped steps and rolls back after too many
@@ -40,7 +40,8 @@ def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor) -> None:
         run.debug.before_step(run.steps_this_job, run.phases)
 
     z_d, z_g, c_d, c_g = draw_noise(run)
-    step = partial(run.phases.step, real, z_d, z_g, c_real, c_d, c_g)
+    g_step = progress.step % t.d_steps == 0  # the run's step, not this job's: a resume keeps the schedule
+    step = partial(run.phases.step, real, z_d, z_g, c_real, c_d, c_g, g_step=g_step)
     ok = first_step_or_eager(s, step, run.reporter.message) if run.steps_this_job == 0 else step()
     if t.r1_gamma > 0 and progress.step % t.r1_interval == 0:
         ok = run.phases.r1_phase(real, c_real, t.r1_gamma, t.r1_interval) and ok

@@ -57,6 +57,7 @@ def test_conditional_regularized_augmented_run_on_two_ranks_and_distributed_eval
             "train.class_weight_d=0.5",
             "train.class_weight_g=0.5",
             "train.mode_seeking_weight=0.2",
+            "train.d_steps=2",  # G steps on even steps only: DDP's ranks still agree
             "augment.diffaugment=color,translation,cutout",
             "augment.ada=xflip,rotate90,translate,scale,rotate,brightness,contrast,cutout",
             "augment.p=0.2",

@@ -4,6 +4,7 @@ import json
 import subprocess
 
 import pytest
+import torch
 
 from gandist.training.checkpoint import complete_checkpoints, load_checkpoint
 from tests.conftest import BIN, ROOT, run, train_cmd
@@ -90,3 +91,21 @@ def test_the_shipped_best_recipe_trains_on_labelled_shards(tmp_path, tiny_shards
     assert state["G_ema"]["blocks.0.bn1.gain.weight"].shape == (512, 128 + 32)  # [embedding, z chunk], g_width 64
     assert state["D"]["embed.parametrizations.weight.original"].shape == (10, 256)  # projection head, d_width 64
     assert state["D"]["mbstd_conv.parametrizations.weight.original"].shape == (256, 257, 3, 3)  # + the std channel
+
+
+def test_d_steps_takes_a_g_step_every_kth_iteration_across_a_resume(tmp_path, tiny_shards):
+    # train.d_steps=3: every iteration one D step on its real batch, G's step on iterations 0, 3, 6, ...
+    args = train_cmd(f"output_dir={tmp_path}", "run_name=k", f"data.shards={tiny_shards}", "train.d_steps=3")
+    run(args)  # 8 iterations (0.256 kimg at batch 32)
+    first, _ = load_checkpoint(complete_checkpoints(tmp_path / "k")[-1])
+    adam_steps = lambda state, net: int(state[f"opt_{net}"]["state"][0]["step"])  # noqa: E731
+    assert first["step"] == 8 and adam_steps(first, "D") == 8 and adam_steps(first, "G") == 3  # 0, 3, 6
+    # the schedule counts the run's iterations, not this job's: iteration 8 of the resumed run takes no G step
+    run([*args, "train.kimg=1", "train.max_steps=1"])
+    second, _ = load_checkpoint(complete_checkpoints(tmp_path / "k")[-1])
+    assert second["step"] == 9 and adam_steps(second, "D") == 9 and adam_steps(second, "G") == 3
+    weights = lambda state, net: [v for k, v in state[net].items() if k.endswith("weight")]  # noqa: E731
+    assert all(map(torch.equal, weights(second, "G"), weights(first, "G")))  # G's weights untouched, D's moved
+    assert not all(map(torch.equal, weights(second, "D"), weights(first, "D")))
+    stats = [json.loads(line) for line in (tmp_path / "k" / "stats.jsonl").read_text().splitlines()]
+    assert all("loss/G" in s and "loss/D" in s for s in stats[:2])  # both ticks of the first job took G steps

@@ -30,6 +30,7 @@ def test_overrides_of_lists_and_sections():
         ("augment.ada=xflip,spin", "augment.ada"),
         ("augment.diffaugment=colour", "augment.diffaugment"),
         ("train.r1_interval=0", "train.r1_interval"),
+        ("train.d_steps=0", "train.d_steps"),
         ("train.lecam_decay=1.0", "train.lecam_decay"),
         ("train.lr_decay=step", "train.lr_decay"),
         ("train.loss=wasserstein", "train.loss"),
