@@ -42,7 +42,8 @@ def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor) -> None:
     z_d, z_g, c_d, c_g = draw_noise(run)
     g_step = progress.step % t.d_steps == 0  # the run's step, not this job's: a resume keeps the schedule
     step = partial(run.phases.step, real, z_d, z_g, c_real, c_d, c_g, g_step=g_step)
-    ok = first_step_or_eager(s, step, run.reporter.message) if run.steps_this_job == 0 else step()
+    # a job's first G phase comes within its first d_steps iterations (a resume may start between G steps)
+    ok = first_step_or_eager(s, step, run.reporter.message) if run.steps_this_job < t.d_steps else step()
     if t.r1_gamma > 0 and progress.step % t.r1_interval == 0:
         ok = run.phases.r1_phase(real, c_real, t.r1_gamma, t.r1_interval) and ok
     _adapt_augmentation(run)
@@ -115,11 +116,13 @@ def class_labels(labels: torch.Tensor, num_classes: int, shards: str) -> torch.T
 
 
 def first_step_or_eager(strategy, step: Callable[[], bool], say: Callable[[str], None]) -> bool:
-    """Run the first training step of compiled nets; if it raises, say so in one line, go eager and run it again.
+    """Run one of a job's first training steps of compiled nets; if it raises, say so in one line, go eager and
+    run it again.
 
-    torch.compile compiles at the first call (and the backward at the first backward), so the first step is
-    where a compiler error shows. A failure in the G phase comes after D's step: D then steps twice on this
-    one batch. Without compiled nets, errors pass through untouched.
+    torch.compile compiles at the first call (and the backward at the first backward), so the first step of each
+    phase is where a compiler error shows (G's first phase may come d_steps - 1 iterations after D's). A failure in
+    the G phase comes after D's step: D then steps twice on this one batch. Without
+    compiled nets, errors pass through untouched.
     """
     if not strategy.compiled:
         return step()
