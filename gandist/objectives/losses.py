@@ -9,6 +9,14 @@ Hinge (Lim & Ye 2017; Miyato et al. 2018):
 Least squares (Mao et al. 2017, targets a=0 for fakes, b=c=1 for reals):
     L_D = (D(x) - 1)^2 / 2 + D(G(z))^2 / 2
     L_G = (D(G(z)) - 1)^2 / 2
+Relativistic pairing (Jolicoeur-Martineau 2019's RpGAN; R3GAN, Huang et al. 2024), each fake paired with a
+real of its class (the phases ask G for the real batch's classes):
+    L_D = softplus(D(G(z)) - D(x))
+    L_G = softplus(D(x) - D(G(z)))
+Only each pair's difference counts: D learns how much more real x looks than its partner fake, not an absolute
+score per image, and G's step is pulled by the reals its fakes are paired with. Every fake is compared with a
+real, so a mode G misses leaves its reals' pairs with large losses: Sun et al. 2020 show this loss has no
+mode-dropping local minima where the non-saturating loss has them (R3GAN: full mode coverage on StackedMNIST).
 Wasserstein (Arjovsky et al. 2017), with the gradient penalty of Gulrajani et al. 2017 added by
 the training loop (train.gp_weight, see regularizers.gradient_penalty):
     L_D = D(G(z)) - D(x)
@@ -51,6 +59,16 @@ def hinge_d(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tenso
 def hinge_g(fake_logits: torch.Tensor) -> torch.Tensor:
     """G's hinge loss: -D(G(z))."""
     return -fake_logits.mean()
+
+
+def relativistic_d(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """D's relativistic pairing loss: softplus(D(G(z_i)) - D(x_i)), pair by pair (equal batches)."""
+    return F.softplus(fake_logits - real_logits).mean()
+
+
+def relativistic_g(fake_logits: torch.Tensor, real_logits: torch.Tensor) -> torch.Tensor:
+    """G's relativistic pairing loss: softplus(D(x_i) - D(G(z_i))), each fake against its real partner."""
+    return F.softplus(real_logits - fake_logits).mean()
 
 
 def least_squares_d(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -106,7 +124,9 @@ LOSSES: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]
     "hinge": (hinge_d, hinge_g),
     "least_squares": (least_squares_d, least_squares_g),
     "wgan": (wgan_d, wgan_g),
+    "relativistic": (relativistic_d, relativistic_g),
 }
+PAIRED = frozenset({"relativistic"})  # losses whose G loss takes (fake logits, the logits of their real partners)
 
 
 def get_losses(name: str) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:

@@ -38,7 +38,7 @@ from torch.utils._pytree import tree_flatten
 from gandist.config import Config
 from gandist.models import build_nets
 from gandist.objectives.augment import AugmentPipe
-from gandist.objectives.losses import get_losses
+from gandist.objectives.losses import PAIRED, get_losses
 from gandist.objectives.regularizers import LeCam
 from gandist.reporting.stats import TickStats
 from gandist.strategy import PRECISIONS
@@ -187,12 +187,13 @@ def _measure_once(cfg: Config, precision: str, n: int, checkpointing: bool | Non
                 t.class_weight_g,
                 t.mode_seeking_weight,
                 t.mode_seeking,
+                paired=t.loss in PAIRED,
             )
             with meter:
                 if phase == "D":
                     phases.d_phase(real, z_d, labels[0], labels[1])
                 elif phase == "G":
-                    phases.g_phase(z_g, labels[2])
+                    phases.g_phase(z_g, labels[2], *((real, labels[0]) if t.loss in PAIRED else ()))
                 else:
                     phases.r1_phase(real, labels[0], t.r1_gamma, t.r1_interval)
             out[phase] = meter.peak(strategy.gradients)

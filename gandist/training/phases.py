@@ -46,6 +46,7 @@ class Phases:
     mode_seeking: str = "batch"  # its means over the batch (batch) or pair by pair (pairs)
     consistency_weight: float = 0.0  # bCR: D's logits on reals and fakes against those on T(images)
     guard: bool = False
+    paired: bool = False  # a relativistic loss: each fake is judged against a real of its class (losses.PAIRED)
 
     def d_phase(
         self,
@@ -100,16 +101,28 @@ class Phases:
             ]
         return self._record("D", s.step("D", guard=self.guard), pending)
 
-    def g_phase(self, z: torch.Tensor, c: torch.Tensor | None = None) -> bool:
-        """One G step through a frozen D; False if skipped."""
+    def g_phase(
+        self,
+        z: torch.Tensor,
+        c: torch.Tensor | None = None,
+        real: torch.Tensor | None = None,
+        c_real: torch.Tensor | None = None,
+    ) -> bool:
+        """One G step through a frozen D; False if skipped. A paired loss also takes this rank's real batch (and
+        its classes, which c then repeats): fake i is judged against real i, or with the mode-seeking term, whose
+        second half repeats the first half's classes, fake i + n/2 against real i too."""
+        if self.paired and real is None:
+            raise ValueError("a relativistic (paired) G loss needs the real batch its fakes are paired with")
         s, pending = self.strategy, []
         G = s.train_forward("G")
-        for z_i, c_i in micro_batches(s.accumulation, z, c):
-            order = None
+        for z_i, c_i, real_i, cr_i in micro_batches(s.accumulation, z, c, real, c_real):
+            n = z_i.shape[0]
+            order, partner = None, torch.arange(n, device=z_i.device)  # the real each fake is judged against
             if self.mode_seeking_weight > 0 and c_i is not None:  # pairs (i, i + n/2) of the same class
-                half = c_i.shape[0] // 2
+                half = n // 2
                 c_i = torch.cat([c_i[:half], c_i[:half], c_i[2 * half :]])
-                order = pairs_apart(c_i.shape[0], c_i.device)  # D sees no pair within one minibatch std group
+                partner[half : 2 * half] = partner[:half]
+                order = pairs_apart(n, c_i.device)  # D sees no pair within one minibatch std group
             with s.frozen("D") as D, s.autocast():
                 fake = G(z_i, c_i)
                 seen, c_seen = (fake, c_i) if order is None else (fake[order], c_i[order])
@@ -117,7 +130,13 @@ class Phases:
                     fake_logits, fake_classes = D(self.augment(seen), c_seen, classes=True)
                 else:
                     fake_logits = D(self.augment(seen), c_seen)
-                loss = self.g_loss(fake_logits.float())
+                if self.paired:
+                    with torch.no_grad():  # D's logits on the reals: constants of G's loss
+                        real_logits = D(self.augment(real_i), cr_i)
+                    partners = real_logits[partner if order is None else partner[order]]
+                    loss = self.g_loss(fake_logits.float(), partners.float())
+                else:
+                    loss = self.g_loss(fake_logits.float())
             total = loss
             if self.mode_seeking_weight > 0:
                 seeking = mode_seeking(fake, z_i, per_pair=self.mode_seeking == "pairs")
@@ -169,6 +188,11 @@ class Phases:
         g_step: bool = True,
     ) -> bool:
         """One D step then (if g_step) one G step on this rank's batch; False if the non-finite guard skipped
-        either."""
+        either. A paired loss asks G for the real batch's classes in both phases (c_d, c_g unused), so that
+        every fake is paired with a real of its class, as R3GAN's conditional training does."""
+        if self.paired:
+            c_d = c_g = c_real
         d_ok = self.d_phase(real, z_d, c_real, c_d)
-        return (self.g_phase(z_g, c_g) if g_step else True) and d_ok
+        if not g_step:
+            return d_ok
+        return self.g_phase(z_g, c_g, *((real, c_real) if self.paired else ())) and d_ok

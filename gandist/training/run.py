@@ -23,7 +23,7 @@ from gandist.metrics import Evaluator
 from gandist.metrics.reference import ReferenceSpec
 from gandist.models import build_nets
 from gandist.objectives.augment import AugmentPipe
-from gandist.objectives.losses import get_losses
+from gandist.objectives.losses import PAIRED, get_losses
 from gandist.objectives.regularizers import LeCam
 from gandist.reporting.progress import Reporter
 from gandist.reporting.stats import TickStats
@@ -221,7 +221,7 @@ def _make_phases(cfg: Config, strategy: Strategy, state: TrainState) -> Phases:
     return Phases(
         strategy, *losses, TickStats(strategy.device), state.augment, state.lecam, t.lecam_weight, t.gp_weight,
         t.class_weight_d, t.class_weight_g, t.mode_seeking_weight, t.mode_seeking, t.consistency_weight,
-        guard=cfg.faults.nan_guard,
+        guard=cfg.faults.nan_guard, paired=t.loss in PAIRED,
     )  # fmt: skip
 
 

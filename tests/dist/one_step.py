@@ -1,7 +1,9 @@
 """One D step and one G step on a fixed global batch, run as 1 or N processes; saves the result.
 
-    python tests/dist/one_step.py OUT.pt                                     # 1 process
-    accelerate launch --config_file launch/cpu_2proc.yaml tests/dist/one_step.py OUT.pt   # 2
+    python tests/dist/one_step.py OUT.pt [LOSS]                              # 1 process
+    accelerate launch --config_file launch/cpu_2proc.yaml tests/dist/one_step.py OUT.pt [LOSS]   # 2
+
+LOSS: a train.loss name (nonsaturating); a relativistic (paired) loss's G step also takes the real batch.
 
 The global batch is two identical halves (images and noise), so each rank of a 2-process run sees
 exactly the batch statistics of the 1-process run: BatchNorm then cannot tell the runs apart
@@ -14,7 +16,7 @@ import torch
 
 from gandist.config import load_config
 from gandist.models import build_nets
-from gandist.objectives.losses import get_losses
+from gandist.objectives.losses import PAIRED, get_losses
 from gandist.reporting.stats import TickStats
 from gandist.strategy import Strategy, make_accelerator
 from gandist.training.optim import make_optimizer
@@ -25,7 +27,8 @@ strategy = Strategy(make_accelerator(cfg.strategy), "fp32")
 G, D = build_nets(cfg.model, cfg.train.seed)
 strategy.add("G", G, make_optimizer(G.parameters(), cfg.G_opt))
 strategy.add("D", D, make_optimizer(D.parameters(), cfg.D_opt))
-phases = Phases(strategy, *get_losses("nonsaturating"), TickStats(strategy.device))
+loss = sys.argv[2] if len(sys.argv) > 2 else "nonsaturating"
+phases = Phases(strategy, *get_losses(loss), TickStats(strategy.device), paired=loss in PAIRED)
 
 half = 8
 gen = torch.Generator().manual_seed(123)
@@ -36,7 +39,7 @@ full = lambda x: torch.cat([x, x])  # the global batch: two identical halves
 per_rank = 2 * half // world
 mine = slice(rank * per_rank, (rank + 1) * per_rank)
 phases.d_phase(full(real)[mine], full(z_d)[mine])
-phases.g_phase(full(z_g)[mine])
+phases.g_phase(full(z_g)[mine], None, *((full(real)[mine], None) if phases.paired else ()))
 losses = phases.stats.means(strategy.reduce_mean)
 if strategy.is_main:
     torch.save(

@@ -40,9 +40,10 @@ def test_two_process_training_keeps_ranks_in_sync(tmp_path):
     assert len(lines) == 2 and all(json.loads(x)["loss/D"] > 0 for x in lines)
 
 
-def test_two_processes_equal_one_process_at_same_global_batch(tmp_path):
-    run([PYTHON, str(ROOT / "tests/dist/one_step.py"), str(tmp_path / "one.pt")])
-    run(accelerate_cmd(ROOT / "tests/dist/one_step.py", str(tmp_path / "two.pt")))
+@pytest.mark.parametrize("loss", ["nonsaturating", "relativistic"])  # relativistic: G's step pairs fakes with reals
+def test_two_processes_equal_one_process_at_same_global_batch(tmp_path, loss):
+    run([PYTHON, str(ROOT / "tests/dist/one_step.py"), str(tmp_path / "one.pt"), loss])
+    run(accelerate_cmd(ROOT / "tests/dist/one_step.py", str(tmp_path / "two.pt"), loss))
     one = torch.load(tmp_path / "one.pt", weights_only=False)
     two = torch.load(tmp_path / "two.pt", weights_only=False)
     assert (one["world"], two["world"]) == (1, 2)

@@ -4,7 +4,7 @@ import torch
 
 from gandist.config import OptimizerConfig, StrategyConfig
 from gandist.models import build_models
-from gandist.objectives.losses import get_losses
+from gandist.objectives.losses import PAIRED, get_losses
 from gandist.reporting.stats import TickStats
 from gandist.strategy import Strategy, make_accelerator
 from gandist.training.optim import make_optimizer
@@ -19,10 +19,10 @@ def nets(seed: int = 0, d_mbstd: int = 0):
     return build_models("resnet", RES, 1, z_dim=8, g_width=4, d_width=4, num_classes=CLASSES, d_mbstd=d_mbstd)
 
 
-def make_phases(lr: float = 2e-3, accumulation: int = 1, **weights: float) -> Phases:
-    """Hinge-loss Phases on nets() with Adam at `lr`; `weights`: Phases' loss-term weights (class_weight_d, ...)."""
+def make_phases(lr: float = 2e-3, accumulation: int = 1, loss: str = "hinge", **weights: float) -> Phases:
+    """Phases of `loss` on nets() with Adam at `lr`; `weights`: Phases' loss-term weights (class_weight_d, ...)."""
     strategy = Strategy(make_accelerator(StrategyConfig()), "fp32", accumulation=accumulation)
     G, D = nets()
     strategy.add("G", G, make_optimizer(G.parameters(), OptimizerConfig(lr=lr, betas=(0.0, 0.99)), "cpu"))
     strategy.add("D", D, make_optimizer(D.parameters(), OptimizerConfig(lr=lr, betas=(0.0, 0.99)), "cpu"))
-    return Phases(strategy, *get_losses("hinge"), TickStats(strategy.device), **weights)
+    return Phases(strategy, *get_losses(loss), TickStats(strategy.device), paired=loss in PAIRED, **weights)

@@ -52,4 +52,4 @@ def test_wgan_by_hand():
     real, fake = torch.tensor([3.0, 1.0]), torch.tensor([-1.0, 0.0])
     assert wgan_d(real, fake).item() == pytest.approx(-0.5 - 2.0)
     assert wgan_g(fake).item() == pytest.approx(0.5)
-    assert set(get_losses.__globals__["LOSSES"]) == {"nonsaturating", "hinge", "least_squares", "wgan"}
+    assert set(get_losses.__globals__["LOSSES"]) == {"nonsaturating", "hinge", "least_squares", "wgan", "relativistic"}
