@@ -51,6 +51,9 @@ class ModelConfig:
     only, a scale and shift per class."""
     d_mbstd: int = 0
     """ResNet D only: group size of a minibatch standard deviation layer at 4x4 (StyleGAN's; 4 is usual); 0: none."""
+    d_spectral_norm: bool = True
+    """ResNet D only: spectral normalisation of every layer (SNGAN's); false: plain layers, whose smoothness is then
+    up to a gradient penalty (R1: the train section's r1_gamma, as StyleGAN2 and R3GAN regularise D)."""
     channel_base: int = 0
     """StyleGAN2 only: > 0 gives StyleGAN2's channel schedule min(channel_base / r, channel_max) at r x r px for G
     and D (the paper: 16384 at 256 px, 32768 at 1024 px) instead of the compact one from g_width and d_width."""
@@ -90,6 +93,10 @@ class ModelConfig:
             raise ConfigError(
                 f"key 'model.d_mbstd' = {self.d_mbstd}: a group size >= 0, and > 0 only with model.arch=resnet "
                 f"(got arch {self.arch!r}; stylegan2's D always has the layer)"
+            )
+        if not self.d_spectral_norm and self.arch != "resnet":
+            raise ConfigError(
+                f"key 'model.d_spectral_norm' = false: only the resnet D has spectral norm (got arch {self.arch!r})"
             )
         _at_least("model.num_classes", self.num_classes, 0)
         _at_least("model.channel_base", self.channel_base, 0)

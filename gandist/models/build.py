@@ -34,11 +34,12 @@ def build_models(
     channel_base: int = 0,
     channel_max: int = 512,
     mapping_layers: int = 2,
+    d_spectral_norm: bool = True,
 ) -> tuple[nn.Module, nn.Module]:
     """Return (G, D) for an architecture name; num_classes > 0 makes both class-conditional.
 
     d_mbstd > 0 adds a minibatch standard deviation layer (that group size) to the ResNet D; g_shared_dim > 0
-    gives the ResNet G BigGAN's hierarchical z and shared class embedding (of that size); channel_base,
+    gives the ResNet G BigGAN's hierarchical z and shared class embedding (of that size); d_spectral_norm=False leaves the ResNet D's layers plain; channel_base,
     channel_max and mapping_layers shape the StyleGAN2. Which combinations make sense is the model config's
     business (ModelConfig.validate).
     """
@@ -58,7 +59,12 @@ def build_models(
                 shared_dim=g_shared_dim,
             ),
             ResNetDiscriminator(
-                resolution, width=d_width, channels=channels, num_classes=num_classes, mbstd_group=d_mbstd
+                resolution,
+                width=d_width,
+                channels=channels,
+                num_classes=num_classes,
+                mbstd_group=d_mbstd,
+                spectral=d_spectral_norm,
             ),
         )
     if arch == "stylegan2":
@@ -98,6 +104,7 @@ def build_nets(model: ModelConfig, seed: int) -> tuple[nn.Module, nn.Module]:
         channel_base=m.channel_base,
         channel_max=m.channel_max,
         mapping_layers=m.mapping_layers,
+        d_spectral_norm=m.d_spectral_norm,
     )
     for net in nets:
         net.activation_checkpointing = m.activation_checkpointing

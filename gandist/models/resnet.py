@@ -177,12 +177,12 @@ class ResNetGenerator(nn.Module):
 class DBlock(nn.Module):
     """Residual block that halves the resolution; `first` applies the conv before any ReLU."""
 
-    def __init__(self, in_ch: int, out_ch: int, first: bool):
+    def __init__(self, in_ch: int, out_ch: int, first: bool, sn=spectral_norm):
         super().__init__()
         self.first = first
-        self.conv1 = spectral_norm(nn.Conv2d(in_ch, out_ch, 3, 1, 1))
-        self.conv2 = spectral_norm(nn.Conv2d(out_ch, out_ch, 3, 1, 1))
-        self.shortcut = spectral_norm(nn.Conv2d(in_ch, out_ch, 1, 1, 0))
+        self.conv1 = sn(nn.Conv2d(in_ch, out_ch, 3, 1, 1))
+        self.conv2 = sn(nn.Conv2d(out_ch, out_ch, 3, 1, 1))
+        self.shortcut = sn(nn.Conv2d(in_ch, out_ch, 1, 1, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x if self.first else F.relu(x)
@@ -199,17 +199,24 @@ class ResNetDiscriminator(nn.Module):
     """Recompute each residual block in the backward pass instead of keeping its activations."""
 
     def __init__(
-        self, resolution: int = 32, width: int = 64, channels: int = 3, num_classes: int = 0, mbstd_group: int = 0
+        self,
+        resolution: int = 32,
+        width: int = 64,
+        channels: int = 3,
+        num_classes: int = 0,
+        mbstd_group: int = 0,
+        spectral: bool = True,
     ):
         super().__init__()
+        sn = spectral_norm if spectral else (lambda layer: layer)  # plain layers: smoothness from R1 instead
         self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
         self.mbstd_group = mbstd_group
         n_down = _num_blocks(resolution)
         chans = [channels] + [channels_at(resolution, resolution // 2**i, width) for i in range(n_down)]
-        self.blocks = nn.Sequential(*(DBlock(chans[i], chans[i + 1], first=i == 0) for i in range(n_down)))
-        self.mbstd_conv = spectral_norm(nn.Conv2d(chans[-1] + 1, chans[-1], 3, 1, 1)) if mbstd_group > 0 else None
-        self.linear = spectral_norm(nn.Linear(chans[-1], 1))
-        self.embed = spectral_norm(nn.Embedding(num_classes, chans[-1])) if num_classes > 0 else None
+        self.blocks = nn.Sequential(*(DBlock(chans[i], chans[i + 1], i == 0, sn) for i in range(n_down)))
+        self.mbstd_conv = sn(nn.Conv2d(chans[-1] + 1, chans[-1], 3, 1, 1)) if mbstd_group > 0 else None
+        self.linear = sn(nn.Linear(chans[-1], 1))
+        self.embed = sn(nn.Embedding(num_classes, chans[-1])) if num_classes > 0 else None
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):
                 weight = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight

@@ -203,3 +203,25 @@ def test_resnet_hierarchical_z_feeds_every_block(num_classes):
         load_config(None, ["model.g_shared_dim=16"])  # the dcgan G has no such conditioning
     with pytest.raises(ConfigError, match="g_shared_dim"):
         load_config(None, ["model.arch=resnet", "model.g_shared_dim=16", "model.z_dim=3"])  # 4 chunks of z at 32 px
+
+
+def test_resnet_D_without_spectral_norm_has_plain_layers_of_the_same_shapes():
+    from gandist.models import build_nets
+
+    cfg = load_config(None, ["model.arch=resnet", "model.num_classes=3", "model.d_mbstd=4", "model.d_width=4"])
+    plain_cfg = load_config(
+        None, [*(f"model.{k}={v}" for k, v in vars(cfg.model).items()), "model.d_spectral_norm=false"]
+    )
+    _, D = build_nets(cfg.model, 0)
+    _, plain = build_nets(plain_cfg.model, 0)
+    layers = lambda net: [
+        m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.Embedding))
+    ]  # noqa: E731,E501
+    assert all(hasattr(m, "parametrizations") for m in layers(D))  # SNGAN's D: every layer normalised
+    assert not any(hasattr(m, "parametrizations") for m in layers(plain))
+    assert [m.weight.shape for m in layers(plain)] == [m.weight.shape for m in layers(D)]
+    x, c = torch.randn(4, 1, 32, 32), torch.tensor([0, 1, 2, 0])
+    logits, classes = plain(x, c, classes=True)
+    assert logits.shape == (4, 1) and classes.shape == (4, 3)
+    with pytest.raises(ConfigError, match="d_spectral_norm"):
+        load_config(None, ["model.d_spectral_norm=false"])  # the dcgan D has no spectral norm to turn off
