@@ -39,9 +39,9 @@ def build_models(
     """Return (G, D) for an architecture name; num_classes > 0 makes both class-conditional.
 
     d_mbstd > 0 adds a minibatch standard deviation layer (that group size) to the ResNet D; g_shared_dim > 0
-    gives the ResNet G BigGAN's hierarchical z and shared class embedding (of that size); d_spectral_norm=False leaves the ResNet D's layers plain; channel_base,
-    channel_max and mapping_layers shape the StyleGAN2. Which combinations make sense is the model config's
-    business (ModelConfig.validate).
+    gives the ResNet G BigGAN's hierarchical z and shared class embedding (of that size); d_spectral_norm=False
+    leaves the ResNet D's layers plain; channel_base, channel_max and mapping_layers shape the StyleGAN2. Which
+    combinations make sense is the model config's business (ModelConfig.validate).
     """
     if arch == "dcgan":
         return (
