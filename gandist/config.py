@@ -180,7 +180,7 @@ class TrainConfig:
     loss: Literal["nonsaturating", "hinge", "least_squares", "wgan", "relativistic"] = "nonsaturating"
     """GAN loss (wgan wants a Lipschitz D: train.gp_weight > 0 or the spectral-norm resnet D; relativistic: each fake
     judged against a real of its class, softplus(D(fake) - D(real)), R3GAN's; G's phase then also runs D on the
-    real batch, and a conditional G is asked for the real batch's classes)."""
+    real batch, a conditional G is asked for the real batch's classes, and ADA steers by sign(D(real) - D(fake)))."""
     gp_weight: float = 0.0
     """Weight of the WGAN-GP gradient penalty on real/fake interpolates, each D step (Gulrajani et al.: 10); 0: off."""
     r1_gamma: float = 0.0
@@ -535,13 +535,6 @@ class Config:
                     f"key 'train.{key}' = {weight} needs the class logits of a class-conditional resnet D: set "
                     f"model.arch=resnet and model.num_classes > 0 (got arch {m.arch!r}, num_classes {m.num_classes})"
                 )
-        a = self.augment
-        if self.train.loss == "relativistic" and a.ada and a.target > 0:
-            raise ConfigError(
-                f"key 'augment.target' = {a.target} steers ADA's p by sign(D(real)), which means nothing under "
-                "train.loss=relativistic (only differences of D's logits do): set augment.target=0 and a fixed "
-                "augment.p, or use augment.diffaugment"
-            )
 
 
 def _at_least(key: str, value: float, low: float, words: str = "") -> None:

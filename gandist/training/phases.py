@@ -93,7 +93,9 @@ class Phases:
                 regularized = regularized + self.gp_weight * gp
                 pending.append(("loss/gp", gp))
             s.backward("D", regularized)
-            self.augment.observe(real_logits)
+            # ADA's overfitting signal: sign(D(real)); under a paired loss only differences mean anything, so the
+            # share of pairs D ranks right, sign(D(real) - D(fake))
+            self.augment.observe(real_logits - fake_logits if self.paired else real_logits)
             pending += [
                 ("loss/D", loss),
                 ("score/real", real_logits.detach().float().mean()),

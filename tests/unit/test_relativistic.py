@@ -1,5 +1,5 @@
 """The relativistic pairing loss (train.loss=relativistic): its value, the reals G's phase pairs its fakes with,
-the classes of the pairs, and the keys it refuses with."""
+the classes of the pairs, ADA's signal under it, its key."""
 
 import math
 
@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gandist.config import ConfigError, load_config
+from gandist.objectives.augment import AugmentPipe
 from gandist.objectives.losses import get_losses, relativistic_d, relativistic_g
 from tests.unit.conditional_nets import CLASSES, RES, make_phases
 
@@ -89,8 +90,22 @@ def test_every_fake_is_paired_with_a_real_of_its_class(mode_seeking_weight, accu
 
 def test_relativistic_keys():
     assert load_config(None, ["train.loss=relativistic"]).train.loss == "relativistic"
-    # ADA steers p by sign(D(real)); under a relativistic loss only differences of logits mean anything
-    with pytest.raises(ConfigError, match=r"augment\.target.*train\.loss"):
-        load_config(None, ["train.loss=relativistic", "augment.ada=[xflip]"])
-    cfg = load_config(None, ["train.loss=relativistic", "augment.ada=[xflip]", "augment.target=0", "augment.p=0.2"])
-    assert cfg.augment.p == 0.2
+    with pytest.raises(ConfigError, match=r"train\.loss"):
+        load_config(None, ["train.loss=relativistic_average"])
+
+
+def test_ADA_under_a_paired_loss_counts_the_pairs_D_ranks_right():
+    # sign(D(real)) means nothing when only differences of D's logits do: ADA's r_t becomes the mean of
+    # sign(D(real_i) - D(fake_i)), which reaches 1 as D learns to tell every training real from its fake
+    real, c = batch(6, 8)
+    z = torch.randn(8, 8, generator=torch.Generator().manual_seed(7))
+    for loss in ("hinge", "relativistic"):
+        phases = make_phases(loss=loss)
+        phases.augment = AugmentPipe(ada_ops=["xflip"], p=0.0, target=0.6)
+        seen = []
+        d_loss = phases.d_loss
+        phases.d_loss = lambda r, f, seen=seen, d_loss=d_loss: seen.append((r.detach(), f.detach())) or d_loss(r, f)
+        assert phases.d_phase(real, z, c, c)
+        (r, f), signs = seen[0], phases.augment.signs
+        want = (r - f).sign().sum() if loss == "relativistic" else r.sign().sum()
+        assert signs[1].item() == 8 and signs[0].item() == pytest.approx(want.item())
