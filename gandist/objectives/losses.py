@@ -15,8 +15,9 @@ real of its class (the phases ask G for the real batch's classes):
     L_G = softplus(D(x) - D(G(z)))
 Only each pair's difference counts: D learns how much more real x looks than its partner fake, not an absolute
 score per image, and G's step is pulled by the reals its fakes are paired with. Every fake is compared with a
-real, so a mode G misses leaves its reals' pairs with large losses: Sun et al. 2020 show this loss has no
-mode-dropping local minima where the non-saturating loss has them (R3GAN: full mode coverage on StackedMNIST).
+real, so a mode G misses leaves its reals' pairs with large losses: in Sun et al. 2020's analysis this loss's
+landscape has no mode-collapse basins where the non-saturating loss's has them, and R3GAN covers all of
+StackedMNIST's modes with it.
 Wasserstein (Arjovsky et al. 2017), with the gradient penalty of Gulrajani et al. 2017 added by
 the training loop (train.gp_weight, see regularizers.gradient_penalty):
     L_D = D(G(z)) - D(x)
