@@ -89,8 +89,9 @@ def test_the_shipped_best_recipe_trains_on_labelled_shards(tmp_path, tiny_shards
     assert state["config"]["train"]["mode_seeking"] == "pairs"  # the mode-seeking term pair by pair
     assert state["G_ema"]["shared.weight"].shape == (10, 128)  # BigGAN's shared class embedding
     assert state["G_ema"]["blocks.0.bn1.gain.weight"].shape == (512, 128 + 32)  # [embedding, z chunk], g_width 64
-    assert state["D"]["embed.parametrizations.weight.original"].shape == (10, 256)  # projection head, d_width 64
-    assert state["D"]["mbstd_conv.parametrizations.weight.original"].shape == (256, 257, 3, 3)  # + the std channel
+    assert state["D"]["embed.weight"].shape == (10, 256)  # projection head, d_width 64, no spectral norm
+    assert state["D"]["mbstd_conv.weight"].shape == (256, 257, 3, 3)  # + the std channel
+    assert state["config"]["train"]["loss"] == "relativistic" and state["config"]["train"]["r1_gamma"] == 0.05
 
 
 def test_d_steps_takes_a_g_step_every_kth_iteration_across_a_resume(tmp_path, tiny_shards):
