@@ -193,7 +193,7 @@ def _measure_once(cfg: Config, precision: str, n: int, checkpointing: bool | Non
                 if phase == "D":
                     phases.d_phase(real, z_d, labels[0], labels[1])
                 elif phase == "G":
-                    phases.g_phase(z_g, labels[2], *((real, labels[0]) if t.loss in PAIRED else ()))
+                    phases.g_phase(z_g, labels[2], *((real, labels[0]) if phases.paired else ()))
                 else:
                     phases.r1_phase(real, labels[0], t.r1_gamma, t.r1_interval)
             out[phase] = meter.peak(strategy.gradients)

@@ -119,11 +119,13 @@ class Phases:
         G = s.train_forward("G")
         for z_i, c_i, real_i, cr_i in micro_batches(s.accumulation, z, c, real, c_real):
             n = z_i.shape[0]
-            order, partner = None, torch.arange(n, device=z_i.device)  # the real each fake is judged against
+            order = None
+            partner = torch.arange(n, device=z_i.device) if self.paired else None  # each fake's real partner
             if self.mode_seeking_weight > 0 and c_i is not None:  # pairs (i, i + n/2) of the same class
                 half = n // 2
                 c_i = torch.cat([c_i[:half], c_i[:half], c_i[2 * half :]])
-                partner[half : 2 * half] = partner[:half]
+                if partner is not None:
+                    partner[half : 2 * half] = partner[:half]
                 order = pairs_apart(n, c_i.device)  # D sees no pair within one minibatch std group
             with s.frozen("D") as D, s.autocast():
                 fake = G(z_i, c_i)
