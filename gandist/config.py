@@ -185,8 +185,11 @@ class TrainConfig:
     """Weight of the WGAN-GP gradient penalty on real/fake interpolates, each D step (Gulrajani et al.: 10); 0: off."""
     r1_gamma: float = 0.0
     """R1 weight gamma: gamma/2 * E||grad D(real)||^2 (StyleGAN2: 0.01-10, grows with resolution); 0: off."""
+    r2_gamma: float = 0.0
+    """R2 weight: R1's penalty on G's samples, gamma/2 * E||grad D(fake)||^2, in R1's lazy step (R3GAN regularises
+    D with R1 and R2 at the same gamma: keeps D smooth around the fakes too); 0: off."""
     r1_interval: int = 16
-    """Apply R1 every this many steps as its own D step, scaled by the interval (lazy regularisation)."""
+    """Apply R1 (and R2) every this many steps as its own D step, scaled by the interval (lazy regularisation)."""
     lecam_weight: float = 0.0
     """Weight of the LeCam regulariser of D's outputs (0.3 in Tseng et al. with hinge loss); 0: off."""
     lecam_decay: float = 0.99
@@ -246,6 +249,11 @@ class TrainConfig:
     keep_checkpoints: int = 3
     """Complete checkpoints kept in the run folder (older ones are deleted once a newer one is complete)."""
 
+    @property
+    def lazy_regularized(self) -> bool:
+        """Whether D takes the lazy R1/R2 step every r1_interval steps."""
+        return self.r1_gamma > 0 or self.r2_gamma > 0
+
     def validate(self) -> None:
         """Raise ConfigError for impossible values."""
         _at_least("train.batch", self.batch, 1, "positive")
@@ -260,6 +268,7 @@ class TrainConfig:
             "keep_checkpoints",
             "gp_weight",
             "r1_gamma",
+            "r2_gamma",
             "lecam_weight",
             "consistency_weight",
             "class_weight_d",

@@ -143,7 +143,7 @@ class _Measuring:
 def measure_phases(
     cfg: Config, precision: str, largest: int, checkpointing: bool | None = None
 ) -> dict[str, PhaseMemory]:
-    """Activation memory per micro-batch of the D phase, the G phase and (with train.r1_gamma > 0) the R1 phase.
+    """Activation memory per micro-batch of the D phase, the G phase and (train.r1_gamma or r2_gamma > 0) the R1 phase.
 
     precision: fp32, bf16 or fp16 (the run's resolved train.precision); largest: the largest micro-batch of
     interest (the batch per rank); checkpointing: override of model.activation_checkpointing (None: as set).
@@ -170,7 +170,7 @@ def _measure_once(cfg: Config, precision: str, n: int, checkpointing: bool | Non
         z_d, z_g = torch.randn(n, m.z_dim), torch.randn(n, m.z_dim)
         labels = [torch.randint(0, m.num_classes, (n,)) for _ in range(3)] if m.num_classes else [None] * 3
         for phase in ("D", "G", "R1"):
-            if phase == "R1" and t.r1_gamma <= 0:
+            if phase == "R1" and not t.lazy_regularized:
                 continue
             inputs = [real, z_d, z_g, *(c for c in labels if c is not None)]
             meter = LiveBytes([*G.parameters(), *D.parameters(), *G.buffers(), *D.buffers(), *inputs])
@@ -195,6 +195,6 @@ def _measure_once(cfg: Config, precision: str, n: int, checkpointing: bool | Non
                 elif phase == "G":
                     phases.g_phase(z_g, labels[2], *((real, labels[0]) if phases.paired else ()))
                 else:
-                    phases.r1_phase(real, labels[0], t.r1_gamma, t.r1_interval)
+                    phases.r1_phase(real, labels[0], t.r1_gamma, t.r1_interval, z_d, labels[1], t.r2_gamma)
             out[phase] = meter.peak(strategy.gradients)
     return out

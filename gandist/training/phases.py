@@ -1,4 +1,4 @@
-"""The phases of one GAN iteration: D, G and lazy R1, each one whole optimizer step of its net.
+"""The phases of one GAN iteration: D, G and lazy R1/R2, each one whole optimizer step of its net.
 
 A phase opens an optimizer step of its net, feeds it every micro-batch of this rank's batch
 (`strategy.gradient_accumulation` of them: strategy.backward) and closes the step (strategy.step),
@@ -155,17 +155,38 @@ class Phases:
             pending.append(("loss/G", loss))
         return self._record("G", s.step("G", guard=self.guard), pending)
 
-    def r1_phase(self, real: torch.Tensor, c: torch.Tensor | None, gamma: float, interval: int) -> bool:
-        """Lazy R1 as its own D step: gamma/2 * E|grad D(aug(real))|^2, scaled by the steps it stands for."""
+    def r1_phase(
+        self,
+        real: torch.Tensor,
+        c: torch.Tensor | None,
+        gamma: float,
+        interval: int,
+        z: torch.Tensor | None = None,
+        c_fake: torch.Tensor | None = None,
+        r2_gamma: float = 0.0,
+    ) -> bool:
+        """Lazy R1 (and R2) as its own D step: gamma/2 * E|grad D(aug(real))|^2 [+ r2_gamma/2 * E|grad D(aug(G(z)))|^2],
+        scaled by the steps it stands for. R2's fakes are the D phase's: z and c_fake, or under a paired loss the
+        real batch's classes c (as step asks G for)."""
+        if r2_gamma > 0 and z is None:
+            raise ValueError("R2 (train.r2_gamma) needs the noise of the fakes it regularises D around")
+        if self.paired:
+            c_fake = c
         s, pending = self.strategy, []
         D = s.train_forward("D", eager=True)  # compiled: no double backward
-        for real_i, c_i in micro_batches(s.accumulation, real, c):
-            with torch.no_grad():
-                images = self.augment(real_i)
-            penalty, logits = r1_penalty(D, images, c_i)
-            # logits * 0: every D parameter takes part in this backward, as DDP's reducer expects
-            s.backward("D", penalty.mean() * (gamma / 2 * interval) + logits.float().sum() * 0)
-            pending.append(("loss/r1", penalty.mean()))
+        G = s.train_forward("G") if r2_gamma > 0 else None
+        for real_i, c_i, z_i, cf_i in micro_batches(s.accumulation, real, c, z, c_fake):
+            loss = 0.0
+            for name, weight, images, classes in (("r1", gamma, real_i, c_i), ("r2", r2_gamma, z_i, cf_i)):
+                if weight <= 0:
+                    continue
+                with torch.no_grad():
+                    images = self.augment(images if name == "r1" else G(images, classes))
+                penalty, logits = r1_penalty(D, images, classes)
+                # logits * 0: every D parameter takes part in this backward, as DDP's reducer expects
+                loss = loss + penalty.mean() * (weight / 2 * interval) + logits.float().sum() * 0
+                pending.append((f"loss/{name}", penalty.mean()))
+            s.backward("D", loss)
         return self._record("D_r1", s.step("D", guard=self.guard), pending)
 
     def _record(self, name: str, step_stats: dict[str, torch.Tensor], pending: list) -> bool:

@@ -287,7 +287,7 @@ def _build_state(cfg: Config, strategy: Strategy, memory_format: torch.memory_fo
     G, D = build_nets(cfg.model, t.seed)
     torch.manual_seed(t.seed + 7919 * (strategy.rank + 1))  # per-rank augmentations and noise inputs
     G, D = G.to(device, memory_format=memory_format), D.to(device, memory_format=memory_format)
-    d_opt = lazy_regularization_opt(cfg.D_opt, t.r1_interval) if t.r1_gamma > 0 else cfg.D_opt
+    d_opt = lazy_regularization_opt(cfg.D_opt, t.r1_interval) if t.lazy_regularized else cfg.D_opt
     # the parameters are on the device now (strategy.add wraps them in place): fused Adam is chosen for it
     strategy.add("G", G, make_optimizer(G.parameters(), cfg.G_opt, device.type))
     strategy.add("D", D, make_optimizer(D.parameters(), d_opt, device.type))

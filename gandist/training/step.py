@@ -2,7 +2,7 @@
 
 real, c      <- the batch -> device, [-1, 1]; c: class labels or None
 lr           <- schedule(kimg)
-D phase, G phase (every train.d_steps steps) [, R1 phase every train.r1_interval steps]   (phases.py)
+D phase, G phase (every train.d_steps steps) [, R1/R2 phase every train.r1_interval steps]   (phases.py)
 ADA          <- p moves every augment.interval steps
 G_ema        <- lerp towards G (under ZeRO-3 each rank its own partitions: no all-gather)
 nimg += global batch; the non-finite guard counts skipped steps and rolls back after too many
@@ -44,8 +44,8 @@ def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor) -> None:
     step = partial(run.phases.step, real, z_d, z_g, c_real, c_d, c_g, g_step=g_step)
     # a job's first G phase comes within its first d_steps iterations (a resume may start between G steps)
     ok = first_step_or_eager(s, step, run.reporter.message) if run.steps_this_job < t.d_steps else step()
-    if t.r1_gamma > 0 and progress.step % t.r1_interval == 0:
-        ok = run.phases.r1_phase(real, c_real, t.r1_gamma, t.r1_interval) and ok
+    if t.lazy_regularized and progress.step % t.r1_interval == 0:
+        ok = run.phases.r1_phase(real, c_real, t.r1_gamma, t.r1_interval, z_d, c_d, t.r2_gamma) and ok
     _adapt_augmentation(run)
     s.update_ema("G_ema", ema_beta(t.batch, progress.nimg, t.ema_kimg, t.ema_rampup))  # local: no collective
     progress.nimg += t.batch

@@ -62,7 +62,7 @@ def test_two_processes_equal_one_process_at_same_global_batch(tmp_path, loss):
 
 
 def test_compiled_ddp_training_keeps_ranks_in_sync(tmp_path):
-    # torch.compile of the DDP wrappers (aot_eager: AOTAutograd's graphs without inductor's C++ build); R1 runs eager
+    # torch.compile of the DDP wrappers (aot_eager: AOTAutograd's graphs without inductor's C++ build); R1/R2 run eager
     proc = run(
         accelerate_cmd(
             ROOT / "gandist/train.py",
@@ -74,6 +74,7 @@ def test_compiled_ddp_training_keeps_ranks_in_sync(tmp_path):
             "train.compile=true",
             "train.compile_backend=aot_eager",
             "train.r1_gamma=1",
+            "train.r2_gamma=1",  # R2: G's forward inside the lazy D step too
             "train.r1_interval=4",
         )
     )
