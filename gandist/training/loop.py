@@ -21,7 +21,7 @@
                      (each phase one optimizer step over strategy.gradient_accumulation micro-batches;
                       train.compile: the first step compiles; if that fails, one warning and the step again eager)
             R1 phase, every r1_interval steps: r1_gamma/2 * r1_interval * |grad D(aug(real))|^2
-                     [+ r2_gamma/2 * r1_interval * |grad D(aug(fake))|^2, the D phase's fakes];  step D
+                     [+ r2_gamma/2 * r1_interval * |grad D(aug(G(z, c')))|^2, the D phase's z, c'];  step D
             ADA, every augment.interval steps: p += sign(E[sign D(aug(real))] - target) * images / speed
             G_ema <- lerp towards G with a half-life of train.ema_kimg (under ZeRO-3: each rank its partitions)
             nimg += global batch

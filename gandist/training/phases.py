@@ -166,8 +166,8 @@ class Phases:
         r2_gamma: float = 0.0,
     ) -> bool:
         """Lazy R1 (and R2) as its own D step: gamma/2 * E|grad D(aug(real))|^2 [+ r2_gamma/2 * E|grad D(aug(G(z)))|^2],
-        scaled by the steps it stands for. R2's fakes are the D phase's: z and c_fake, or under a paired loss the
-        real batch's classes c (as step asks G for)."""
+        scaled by the steps it stands for. R2's fakes: G's samples from the D phase's noise z and classes c_fake, or
+        under a paired loss the real batch's classes c (as step asks G for)."""
         if r2_gamma > 0 and z is None:
             raise ValueError("R2 (train.r2_gamma) needs the noise of the fakes it regularises D around")
         if self.paired:
