@@ -170,24 +170,26 @@ class Phases:
         under a paired loss the real batch's classes c (as step asks G for)."""
         if r2_gamma > 0 and z is None:
             raise ValueError("R2 (train.r2_gamma) needs the noise of the fakes it regularises D around")
-        if self.paired:
-            c_fake = c
         s, pending = self.strategy, []
         D = s.train_forward("D", eager=True)  # compiled: no double backward
         G = s.train_forward("G") if r2_gamma > 0 else None
-        for real_i, c_i, z_i, cf_i in micro_batches(s.accumulation, real, c, z, c_fake):
+        for real_i, c_i, z_i, cf_i in micro_batches(s.accumulation, real, c, z, self._fake_classes(c, c_fake)):
             loss = 0.0
-            for name, weight, images, classes in (("r1", gamma, real_i, c_i), ("r2", r2_gamma, z_i, cf_i)):
-                if weight <= 0:
-                    continue
+            if gamma > 0:
                 with torch.no_grad():
-                    images = self.augment(images if name == "r1" else G(images, classes))
-                penalty, logits = r1_penalty(D, images, classes)
-                # logits * 0: every D parameter takes part in this backward, as DDP's reducer expects
-                loss = loss + penalty.mean() * (weight / 2 * interval) + logits.float().sum() * 0
-                pending.append((f"loss/{name}", penalty.mean()))
+                    images = self.augment(real_i)
+                loss = loss + _lazy_penalty(D, images, c_i, gamma / 2 * interval, "loss/r1", pending)
+            if r2_gamma > 0:
+                with torch.no_grad():
+                    images = self.augment(G(z_i, cf_i))
+                loss = loss + _lazy_penalty(D, images, cf_i, r2_gamma / 2 * interval, "loss/r2", pending)
             s.backward("D", loss)
         return self._record("D_r1", s.step("D", guard=self.guard), pending)
+
+    def _fake_classes(self, c_real: torch.Tensor | None, c_fake: torch.Tensor | None) -> torch.Tensor | None:
+        """The classes G is asked for: the drawn ones, or under a paired loss the real batch's (each fake then has
+        a real partner of its class, as R3GAN's conditional training does)."""
+        return c_real if self.paired else c_fake
 
     def _record(self, name: str, step_stats: dict[str, torch.Tensor], pending: list) -> bool:
         """Add a phase's statistics (device tensors: no host sync); True unless the non-finite guard skipped
@@ -215,9 +217,18 @@ class Phases:
         """One D step then (if g_step) one G step on this rank's batch; False if the non-finite guard skipped
         either. A paired loss asks G for the real batch's classes in both phases (c_d, c_g unused), so that
         every fake is paired with a real of its class, as R3GAN's conditional training does."""
-        if self.paired:
-            c_d = c_g = c_real
+        c_d, c_g = self._fake_classes(c_real, c_d), self._fake_classes(c_real, c_g)
         d_ok = self.d_phase(real, z_d, c_real, c_d)
         if not g_step:
             return d_ok
         return self.g_phase(z_g, c_g, *((real, c_real) if self.paired else ())) and d_ok
+
+
+def _lazy_penalty(
+    D: Callable[..., torch.Tensor], images: torch.Tensor, c: torch.Tensor | None, scale: float, key: str, pending: list
+) -> torch.Tensor:
+    """scale * E|grad D(images)|^2 (R1 on reals, R2 on fakes), its mean noted under `key` in pending."""
+    penalty, logits = r1_penalty(D, images, c)
+    pending.append((key, penalty.mean()))
+    # logits * 0: every D parameter takes part in this backward, as DDP's reducer expects
+    return penalty.mean() * scale + logits.float().sum() * 0
