@@ -41,6 +41,7 @@ Augmentation and StyleGAN2's noise inputs use the global generator, seeded per r
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,7 @@ from gandist.training import checkpoint
 from gandist.training.guard import NonFiniteError
 from gandist.training.run import Run, set_up
 from gandist.training.step import train_step
-from gandist.training.stopping import StopRequested, stop_with_parent, write_requeue_marker
+from gandist.training.stopping import StopRequested, launcher_cuts_stops_short, stop_with_parent, write_requeue_marker
 from gandist.training.tick import maintain, save, write_grid, write_reals, write_tick
 
 
@@ -76,6 +77,8 @@ def train(cfg: Config) -> TrainResult:
     stopper = StopRequested(None, f.stop_after_minutes, f.check_every)
     stopper.install()  # first: a signal during set-up is a stop request too
     stop_with_parent()
+    if warning := launcher_cuts_stops_short():
+        print(warning, file=sys.stderr, flush=True)
     strategy, run = None, None
     try:
         log_with = tracker_names(cfg.tracking)  # the accelerator holds the trackers (reporting/trackers.py)

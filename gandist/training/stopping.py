@@ -20,11 +20,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import psutil
 
 from gandist.files import atomic_write_text
 
@@ -140,6 +143,33 @@ def stop_with_parent() -> bool:
     if os.getppid() != parent:  # the launcher died before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
     return True
+
+
+def launcher_cuts_stops_short() -> str | None:
+    """A warning when this process runs under `accelerate launch`'s one-process launcher from accelerate 1.16 on.
+
+    That launcher (the one without a torchrun agent) answers SIGTERM by passing it to its child and killing the
+    child's whole process tree 5 s later, whatever it is doing: a stop whose checkpoint takes longer is lost (the
+    checkpoint is never half-loaded: it stays a temporary folder). Earlier versions die at once and leave the
+    trainer to stop on its own; torchrun's agent (2+ processes) waits 30 s."""
+    if "ACCELERATE_USE_CPU" not in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
+        return None  # set by accelerate's plain launcher for its child; torchrun's workers have a run id
+    try:
+        parent = psutil.Process().parent()
+        cmdline = parent.cmdline() if parent is not None else []
+    except psutil.Error:
+        return None
+    if "launch" not in cmdline or not any("accelerate" in Path(arg).name for arg in cmdline[:3]):
+        return None
+    import accelerate
+
+    if tuple(int(n) for n in re.findall(r"\d+", accelerate.__version__)[:2]) < (1, 16):
+        return None
+    return (
+        f"gandist: warning: accelerate launch {accelerate.__version__} with one process kills it 5 s after a SIGTERM,"
+        " which can cut a stop's checkpoint short: for one process run `gandist train ...` (or python -m"
+        " gandist.train ...), which takes the signal itself"
+    )
 
 
 def clear_stale_stop_file(path: Path, started: float) -> bool:
