@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.metadata
 import os
 import re
 import signal
@@ -149,9 +150,9 @@ def launcher_cuts_stops_short() -> str | None:
     """A warning when this process runs under `accelerate launch`'s one-process launcher from accelerate 1.16 on.
 
     That launcher (the one without a torchrun agent) answers SIGTERM by passing it to its child and killing the
-    child's whole process tree 5 s later, whatever it is doing: a stop whose checkpoint takes longer is lost (the
-    checkpoint is never half-loaded: it stays a temporary folder). Earlier versions die at once and leave the
-    trainer to stop on its own; torchrun's agent (2+ processes) waits 30 s."""
+    child's whole process tree 5 s later, whatever it is doing: a stop whose checkpoint takes longer is lost (a cut
+    checkpoint stays a temporary folder, never loaded). Earlier versions die at once and leave the trainer to stop
+    on its own; torchrun's agent (every launch of 2+ processes) waits 30 s."""
     if "ACCELERATE_USE_CPU" not in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
         return None  # set by accelerate's plain launcher for its child; torchrun's workers have a run id
     try:
@@ -161,12 +162,11 @@ def launcher_cuts_stops_short() -> str | None:
         return None
     if "launch" not in cmdline or not any("accelerate" in Path(arg).name for arg in cmdline[:3]):
         return None
-    import accelerate
-
-    if tuple(int(n) for n in re.findall(r"\d+", accelerate.__version__)[:2]) < (1, 16):
+    version = importlib.metadata.version("accelerate")
+    if tuple(int(n) for n in re.findall(r"\d+", version)[:2]) < (1, 16):
         return None
     return (
-        f"gandist: warning: accelerate launch {accelerate.__version__} with one process kills it 5 s after a SIGTERM,"
+        f"gandist: warning: accelerate launch {version} with one process kills it 5 s after a SIGTERM,"
         " which can cut a stop's checkpoint short: for one process run `gandist train ...` (or python -m"
         " gandist.train ...), which takes the signal itself"
     )
