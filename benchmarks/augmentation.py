@@ -20,6 +20,8 @@ training set and measured on the real test split (10,000 images); mean and stand
                       rows with the GAN's images drawn at those psi
   real x% + held-out  the subset plus R real images per real one from outside it, for each --ratios R:
                       what a generator as good as the data could add (the bound for the mixes above)
+  real x% + full GAN  --full-mix: the subset plus R images per real one from the GAN on the 60,000 (the CAS
+                      set): what this recipe could add if it learned from ten (a hundred) times the data
 
 Steps (each cached under --work and reused when present, as benchmarks/quality.py does), all through
 gandist's own commands, each printed and kept in the table:
@@ -48,6 +50,7 @@ anything: the classifier is measured once, after its last step.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -361,6 +364,8 @@ class Condition:
     """Rows compared with each other: the real set they add to."""
     held_out_per_class: int = 0
     """Real images of each class from outside the subset added to it: what a perfect generator could add."""
+    full_gan: bool = False
+    """Generated images added to a subset come from the GAN on all the data (--full-mix): a bound, not a mix."""
 
 
 def held_out(full: tuple, subset: tuple, n_per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -432,17 +437,18 @@ def goals(rows: list[dict]) -> dict:
         ratio = by_key["cas"]["mean"] / by_key["real-100%"]["mean"]
         out["cas"] = {"ratio": round(ratio, 4), "goal": 0.85, "held": ratio >= 0.85}
     base = by_key.get("real-10%")
-    mixes = [r for r in rows if r["group"] == "10%" and r["generated_images"]]
+    mixes = [r for r in rows if r["group"] == "10%" and r["generated_images"] and not r["full_gan"]]
     if base and mixes:
         best = max(mixes, key=lambda r: r["mean"])
         gain = 100 * (best["mean"] - base["mean"])
         noise = 2 * 100 * max(best["sd"], base["sd"])
         out["mix_10%"] = {"best": best["label"], "gain_points": round(gain, 2), "twice_sd_points": round(noise, 2),
                           "held": gain >= 1.0 and gain > noise}  # fmt: skip
-    bounds = [r for r in rows if r["group"] == "10%" and r["held_out_per_class"]]
-    if base and bounds:
-        best = max(bounds, key=lambda r: r["mean"])
-        out["held_out_10%"] = {"best": best["label"], "gain_points": round(100 * (best["mean"] - base["mean"]), 2)}
+    for name, bound in (("held_out_10%", "held_out_per_class"), ("full_mix_10%", "full_gan")):
+        bounds = [r for r in rows if r["group"] == "10%" and r[bound]]
+        if base and bounds:
+            best = max(bounds, key=lambda r: r["mean"])
+            out[name] = {"best": best["label"], "gain_points": round(100 * (best["mean"] - base["mean"]), 2)}
     return out
 
 
@@ -481,6 +487,12 @@ def goal_lines(result: dict) -> list[str]:
             f"- 10% real + held-out real vs 10% real only: {h['gain_points']:+.2f} points ({h['best']}): what a "
             "generator as good as the data could add with this classifier and budget"
         )
+    if "full_mix_10%" in result:
+        f = result["full_mix_10%"]
+        lines.append(
+            f"- 10% real + the full-data GAN's images vs 10% real only: {f['gain_points']:+.2f} points ({f['best']}): "
+            "what this recipe's GAN could add if it learned from ten times the data"
+        )
     return lines
 
 
@@ -514,6 +526,9 @@ def main() -> int:
     p.add_argument("--ratios", default="1,4", help="generated images per real one in the mixes")
     p.add_argument("--cas-truncation", default="", help="also CAS at these truncation psi, e.g. 1,2")
     p.add_argument("--mix-truncation", default="", help="also the subset mixes at these truncation psi, e.g. 1")
+    p.add_argument(
+        "--full-mix", action="store_true", help="also each subset plus the full-data GAN's images (a bound, not a goal)"
+    )
     p.add_argument("--seeds", type=int, default=None, help=f"classifier seeds ({FULL.seeds}; small {SMALL.seeds})")
     p.add_argument(
         "--steps", type=int, default=None, help=f"classifier optimizer steps ({FULL.steps}; small {SMALL.steps})"
@@ -547,16 +562,19 @@ def main() -> int:
     real = {label: load(folders[label]) for label in sizes}
     log(f"real sets: {', '.join(f'{k} {len(v[0]):,}' for k, v in real.items())}; test {len(test[0]):,}")
 
-    def full_group() -> list[Condition]:
-        conditions = [Condition("real-100%", "real 100%", "100%", group="100%")]
+    @functools.cache
+    def full_gan() -> tuple[Path, str]:
+        """The class-conditional GAN on the whole training set (--full-run or trained here) and its note."""
         if a.full_run:
             full_run = Path(a.full_run)
             if latest_checkpoint(full_run) is None:
                 raise SystemExit(f"augmentation: --full-run {full_run} holds no complete checkpoint")
-            note = f"--full-run {shown(full_run)}"
-        else:
-            full_run = train_gan(cmd, "full", config, folders["100%"], budget.kimg, gan_extra)
-            note = "GAN on real 100%"
+            return full_run, f"--full-run {shown(full_run)}"
+        return train_gan(cmd, "full", config, folders["100%"], budget.kimg, gan_extra), "GAN on real 100%"
+
+    def full_group() -> list[Condition]:
+        conditions = [Condition("real-100%", "real 100%", "100%", group="100%")]
+        full_run, note = full_gan()
         n = sizes["100%"]
         for psi in [None, *psis]:
             gen = generated(cmd, full_run, "full" if psi is None else f"full-psi{psi:g}", n, psi)
@@ -586,6 +604,16 @@ def main() -> int:
                 for r in ratios:
                     key, text = f"real-{label}+{name}{tag}-x{r:g}", f"real {label} + generated 1:{r:g}{shown_psi}"
                     conditions.append(Condition(key, text, label, gen, round(r * n), note, label))
+        if a.full_mix:  # the same ratios of the full-data GAN's images (its CAS set: class-balanced prefixes)
+            full_run, note = full_gan()
+            gen = generated(cmd, full_run, "full", sizes["100%"])
+            for r in ratios:
+                text = f"real {label} + full-data GAN's images 1:{r:g}"
+                if round(r * n) <= sizes["100%"]:
+                    conditions.append(Condition(f"real-{label}+full-x{r:g}", text, label, gen, round(r * n), note,
+                                                label, full_gan=True))  # fmt: skip
+                else:
+                    log(f"{text!r} left out: the full-data GAN's set has {sizes['100%']} images of each class")
         return conditions
 
     # The 10% comparison first, the full set and CAS next, 1% last: a run cut short has the main result.

@@ -18,7 +18,7 @@ def test_small_benchmark_has_every_condition_with_sane_accuracies_and_reuses_its
     if not FASHION_MNIST_DIR.is_dir():
         pytest.skip(f"{FASHION_MNIST_DIR} missing (apt-get install dataset-fashion-mnist)")
     cmd = [PYTHON, str(ROOT / "benchmarks" / "augmentation.py"), "--small", "--work", str(tmp_path)]
-    cmd += ["--mix-truncation", "1"]
+    cmd += ["--mix-truncation", "1", "--full-mix"]
     first = run(cmd, timeout=1800)
     result = json.loads((tmp_path / "augmentation-small.json").read_text())
     rows = {row["key"]: row for row in result["rows"]}
@@ -29,7 +29,7 @@ def test_small_benchmark_has_every_condition_with_sane_accuracies_and_reuses_its
         for psi in ("", "-psi1")
         for r in (1, 4)
     ]
-    expected += [f"real-{f}+real-x{r}" for f in ("10%", "1%") for r in (1, 4)]
+    expected += [f"real-{f}+{kind}-x{r}" for f in ("10%", "1%") for kind in ("real", "full") for r in (1, 4)]
     assert sorted(rows) == sorted(expected)
     for row in rows.values():
         assert len(row["accuracies"]) == 1 and all(0 < acc <= 1 for acc in row["accuracies"]), row
@@ -43,6 +43,13 @@ def test_small_benchmark_has_every_condition_with_sane_accuracies_and_reuses_its
     bound = rows["real-10%+real-x4"]
     assert bound["real_images"] == 40 + 160 and bound["generated_images"] == 0 and bound["gen"] == ""
     assert "held-out" not in result["goals"]["mix_10%"]["best"]
+    # --full-mix: the subset plus the full-data GAN's images (its CAS set), a bound kept out of the 10% goal
+    full_mix = rows["real-10%+full-x4"]
+    assert full_mix["real_images"] == 40 and full_mix["generated_images"] == 160 and full_mix["full_gan"]
+    assert full_mix["gen"] == rows["cas"]["gen"] and full_mix["gan"] == rows["cas"]["gan"]
+    assert not any(r["full_gan"] for k, r in rows.items() if "diffaugment" in k)
+    assert "full-data" not in result["goals"]["mix_10%"]["best"]
+    assert result["goals"]["full_mix_10%"]["best"] in (rows["real-10%+full-x1"]["label"], full_mix["label"])
     assert result["goals"]["held_out_10%"]["best"] in (rows["real-10%+real-x1"]["label"], bound["label"])
     spec = importlib.util.spec_from_file_location("augmentation", ROOT / "benchmarks" / "augmentation.py")
     bench = importlib.util.module_from_spec(spec)
@@ -62,6 +69,8 @@ def test_small_benchmark_has_every_condition_with_sane_accuracies_and_reuses_its
     table = (tmp_path / "augmentation-small.md").read_text()
     assert "| real 10% + generated 1:4, truncation 1 |" in table
     assert "| real 10% + held-out real 1:4 | 200 | 0 | - |" in table and "10% real + held-out real vs" in table
+    assert "| real 10% + full-data GAN's images 1:4 | 40 | 160 | GAN on real 100% |" in table
+    assert "10% real + the full-data GAN's images vs" in table
     assert "| real 10% + generated 1:4 |" in table and "generated only (CAS)" in table and "CAS / real" in table
 
     # a second invocation reuses every step: no gandist command runs, the same numbers come back
