@@ -266,7 +266,8 @@ def generated(cmd: Commands, run_dir: Path, name: str, n_per_class: int, truncat
     done, index = marker(out), out / "index.json"
     if done and index.is_file():
         gen = json.loads(index.read_text())["generator"]
-        if gen["checkpoint"] == checkpoint and gen["per_class"] >= n_per_class and gen["truncation"] == truncation:
+        same = Path(gen["checkpoint"]).resolve() == Path(checkpoint).resolve()  # generate records resolved paths
+        if same and gen["per_class"] >= n_per_class and gen["truncation"] == truncation:
             cmd.note(done["args"], done["seconds"], f"generate {name}")
             return out
     seconds = cmd.run([*args, "--overwrite"], f"generate {name}")

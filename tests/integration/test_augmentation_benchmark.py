@@ -17,10 +17,14 @@ pytestmark = pytest.mark.slow
 def test_small_benchmark_has_every_condition_with_sane_accuracies_and_reuses_its_cache(tmp_path, monkeypatch):
     if not FASHION_MNIST_DIR.is_dir():
         pytest.skip(f"{FASHION_MNIST_DIR} missing (apt-get install dataset-fashion-mnist)")
-    cmd = [PYTHON, str(ROOT / "benchmarks" / "augmentation.py"), "--small", "--work", str(tmp_path)]
+    # --work through a symbolic link (gandist generate records the checkpoint's resolved path): still reused
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "link").symlink_to(work)
+    cmd = [PYTHON, str(ROOT / "benchmarks" / "augmentation.py"), "--small", "--work", str(tmp_path / "link")]
     cmd += ["--mix-truncation", "1", "--full-mix"]
     first = run(cmd, timeout=1800)
-    result = json.loads((tmp_path / "augmentation-small.json").read_text())
+    result = json.loads((work / "augmentation-small.json").read_text())
     rows = {row["key"]: row for row in result["rows"]}
     expected = ["real-100%", "cas", "real-10%", "real-1%"]
     expected += [
@@ -55,7 +59,7 @@ def test_small_benchmark_has_every_condition_with_sane_accuracies_and_reuses_its
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "augmentation", bench)  # its dataclasses look their module up there
     spec.loader.exec_module(bench)
-    full, subset = bench.load(tmp_path / "data" / "train-40pc"), bench.load(tmp_path / "data" / "train-4pc")
+    full, subset = bench.load(work / "data" / "train-40pc"), bench.load(work / "data" / "train-4pc")
     x, y = bench.held_out(full, subset, 16)
     assert torch.bincount(y, minlength=10).tolist() == [16] * 10 and (full[1] == 0).sum() == 40
     assert not {image.numpy().tobytes() for image in x} & {image.numpy().tobytes() for image in subset[0]}
@@ -66,7 +70,7 @@ def test_small_benchmark_has_every_condition_with_sane_accuracies_and_reuses_its
     commands = "\n".join(result["commands"])
     for needed in ("gandist prepare fashion-mnist", "--per-class 4", "gandist train", "gandist generate"):
         assert needed in commands
-    table = (tmp_path / "augmentation-small.md").read_text()
+    table = (work / "augmentation-small.md").read_text()
     assert "| real 10% + generated 1:4, truncation 1 |" in table
     assert "| real 10% + held-out real 1:4 | 200 | 0 | - |" in table and "10% real + held-out real vs" in table
     assert "| real 10% + full-data GAN's images 1:4 | 40 | 160 | GAN on real 100% |" in table
@@ -77,6 +81,6 @@ def test_small_benchmark_has_every_condition_with_sane_accuracies_and_reuses_its
     second = run(cmd, timeout=600)
     assert "[augmentation" in first.stdout and "gandist train" in first.stdout
     assert not any("] gandist " in line for line in second.stdout.splitlines())
-    again = json.loads((tmp_path / "augmentation-small.json").read_text())
+    again = json.loads((work / "augmentation-small.json").read_text())
     assert [r["accuracies"] for r in again["rows"]] == [r["accuracies"] for r in result["rows"]]
     assert again["commands"] == result["commands"]
