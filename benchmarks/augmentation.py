@@ -30,7 +30,8 @@ gandist's own commands, each printed and kept in the table:
  2. GANs        gandist train --gan-config at --kimg: `full` on the 60,000 (or --full-run DIR), and one per
                 subset and --low-data variant; a run that reached --kimg is reused, a shorter one continued
  3. generated   gandist generate RUN --per-class N (keys 0 .. 10N-1, class i mod 10: the first 10M keys
-                hold M images of each class, so every mixing ratio takes a class-balanced prefix)
+                hold M images of each class, so every mixing ratio takes a class-balanced prefix); reused
+                while the run's newest checkpoint has the path and file hashes its index.json records
  4. classifier  per training set and seed; results cached with the budget and data they were made with
  5. table       Markdown and JSON in --work, with the goals: CAS >= 0.85x the real-data accuracy, and
                 with 10% of the data, real + generated beats real only by >= 1 point and by more
@@ -74,7 +75,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.children import run_child  # noqa: E402
 from gandist.data.images import decode_array  # noqa: E402
 from gandist.data.specs import expand_shards, iter_shard  # noqa: E402
-from gandist.training.checkpoint import latest_checkpoint  # noqa: E402
+from gandist.training.checkpoint import latest_checkpoint, manifest  # noqa: E402
 
 NUM_CLASSES = 10
 LOW_DATA = {  # the low-data GAN variants: gandist overrides added to --gan-config
@@ -265,11 +266,12 @@ def generated(cmd: Commands, run_dir: Path, name: str, n_per_class: int, truncat
     args = ["generate", shown(run_dir), "--per-class", str(n_per_class), "--out", shown(out), "--seed", "0"]
     if truncation is not None:
         args += ["--truncation", f"{truncation:g}"]
-    checkpoint = str(latest_checkpoint(run_dir))
+    checkpoint = latest_checkpoint(run_dir)
     done, index = marker(out), out / "index.json"
     if done and index.is_file():
         gen = json.loads(index.read_text())["generator"]
-        same = Path(gen["checkpoint"]).resolve() == Path(checkpoint).resolve()  # generate records resolved paths
+        same = Path(gen["checkpoint"]).resolve() == checkpoint.resolve()  # generate records resolved paths
+        same = same and gen.get("checkpoint_sha256") == manifest(checkpoint)  # and the weights' hashes
         if same and gen["per_class"] >= n_per_class and gen["truncation"] == truncation:
             cmd.note(done["args"], done["seconds"], f"generate {name}")
             return out
@@ -392,14 +394,17 @@ def measure(cmd: Commands, cond: Condition, real: dict, test: tuple, budget: Bud
     parts = [real[cond.real]] if cond.real else []
     if cond.held_out_per_class:
         parts.append(held_out(real["100%"], real[cond.real], cond.held_out_per_class))
-    gen_checkpoint = ""
+    generator = {}
     if cond.gen is not None:
         parts.append(load(cond.gen, cond.gen_per_class))
-        gen_checkpoint = json.loads((cond.gen / "index.json").read_text())["generator"]["checkpoint"]
+        generator = json.loads((cond.gen / "index.json").read_text())["generator"]
     x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     n_real = (len(real[cond.real][0]) + NUM_CLASSES * cond.held_out_per_class) if cond.real else 0
     what = {"steps": budget.steps, "batch": budget.batch, "real": n_real, "generated": len(x) - n_real,
-            "gen": str(cond.gen or ""), "gen_checkpoint": gen_checkpoint, "test": len(test[0])}  # fmt: skip
+            "gen": str(cond.gen or ""), "gen_checkpoint": generator.get("checkpoint", ""),
+            "test": len(test[0])}  # fmt: skip
+    if generator:  # the generator's weights, not only its checkpoint's name (a run trained again reuses the name)
+        what["gen_sha256"] = generator.get("checkpoint_sha256")
     if cond.held_out_per_class:
         what["held_out"] = cond.held_out_per_class
     results = []

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from gandist.data.prepare import FASHION_MNIST_DIR
+from gandist.training.checkpoint import latest_checkpoint, manifest
 from tests.conftest import PYTHON, ROOT, run
 
 pytestmark = pytest.mark.slow
@@ -84,3 +86,16 @@ def test_small_benchmark_has_every_condition_with_sane_accuracies_and_reuses_its
     again = json.loads((work / "augmentation-small.json").read_text())
     assert [r["accuracies"] for r in again["rows"]] == [r["accuracies"] for r in result["rows"]]
     assert again["commands"] == result["commands"]
+
+    # a run trained again in the same folder (another seed here) writes a checkpoint of the same name: its
+    # images are generated again and the classifiers on them trained again, not taken from the cache
+    shutil.rmtree(work / "runs" / "4pc-diffaugment")
+    third = run([*cmd, "train.seed=1"], timeout=900)
+    generated = [line for line in third.stdout.splitlines() if "] gandist generate" in line]
+    assert any("4pc-diffaugment" in line for line in generated) and not any("full" in line for line in generated)
+    newer = json.loads((work / "augmentation-small.json").read_text())
+    rows = {row["key"]: row for row in newer["rows"]}
+    index = json.loads((Path(rows["real-10%+4pc-diffaugment-x4"]["gen"]) / "index.json").read_text())
+    assert index["generator"]["checkpoint_sha256"] == manifest(latest_checkpoint(work / "runs" / "4pc-diffaugment"))
+    retrained = [line for line in third.stdout.splitlines() if "seed 0: test accuracy" in line]
+    assert len(retrained) == 4 and all("] real 10% + generated 1:" in line for line in retrained), retrained

@@ -11,7 +11,7 @@ from PIL import Image
 from gandist.config import from_dict
 from gandist.generator.sample import latents, to_uint8
 from gandist.models import build_nets
-from gandist.training.checkpoint import complete_checkpoints
+from gandist.training.checkpoint import complete_checkpoints, manifest
 from tests.conftest import BIN, run, train_cmd
 from tests.generator_fixtures import read_dataset, tiny_trained_run
 
@@ -31,6 +31,9 @@ def test_generated_shards_hold_G_ema_samples_and_train_a_new_run(run_dir, tmp_pa
     assert index["num_samples"] == 40 and index["shards"] == [f"fake-{k:06d}.tar" for k in range(4)]
     assert (index["resolution"], index["channels"], index["num_classes"]) == (32, 1, 0)
     assert index["generator"]["seed"] == 3 and index["generator"]["net"] == "G_ema"
+    # which weights made the images: the hashes the checkpoint's marker lists, beside its path
+    latest = complete_checkpoints(run_dir)[-1]
+    assert index["generator"]["checkpoint_sha256"] == manifest(latest) and "state.pt" in manifest(latest)
     pattern = f"{out}/fake-{{000000..000003}}.tar"
     assert f"data.shards={pattern}" in proc.stdout
 
