@@ -93,6 +93,8 @@ def test_the_shipped_best_recipe_trains_on_labelled_shards(tmp_path, tiny_shards
     assert state["D"]["mbstd_conv.weight"].shape == (256, 257, 3, 3)  # + the std channel
     assert state["config"]["train"]["loss"] == "relativistic" and state["config"]["train"]["r1_gamma"] == 0.05
     assert state["config"]["train"]["r2_gamma"] == 0.05  # R2 on G's samples at R1's weight
+    train = state["config"]["train"]
+    assert train["class_weight_d"] == train["class_weight_g"] == 0  # no class loss: the projection head alone
 
 
 def test_d_steps_takes_a_g_step_every_kth_iteration_across_a_resume(tmp_path, tiny_shards):
