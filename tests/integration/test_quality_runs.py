@@ -95,6 +95,7 @@ def test_the_shipped_best_recipe_trains_on_labelled_shards(tmp_path, tiny_shards
     assert state["config"]["train"]["r2_gamma"] == 0.05  # R2 on G's samples at R1's weight
     train = state["config"]["train"]
     assert train["class_weight_d"] == train["class_weight_g"] == 0  # no class loss: the projection head alone
+    assert (state["config"]["G_opt"]["lr"], state["config"]["D_opt"]["lr"]) == (3.0e-4, 6.0e-4)  # D twice as fast
 
 
 def test_d_steps_takes_a_g_step_every_kth_iteration_across_a_resume(tmp_path, tiny_shards):
