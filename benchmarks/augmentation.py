@@ -28,7 +28,8 @@ gandist's own commands, each printed and kept in the table:
 
  1. data        gandist prepare fashion-mnist (train, test; the subsets with --per-class)
  2. GANs        gandist train --gan-config at --kimg: `full` on the 60,000 (or --full-run DIR), and one per
-                subset and --low-data variant; a run that reached --kimg is reused, a shorter one continued
+                subset and --low-data variant; a run that reached --kimg is reused, a shorter one continued,
+                one trained with another recipe (its config.yaml) stops the script, naming the key
  3. generated   gandist generate RUN --per-class N (keys 0 .. 10N-1, class i mod 10: the first 10M keys
                 hold M images of each class, so every mixing ratio takes a class-balanced prefix); reused
                 while the run's newest checkpoint has the path and file hashes its index.json records
@@ -73,6 +74,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.children import run_child  # noqa: E402
+from benchmarks.runs import train_seconds, trained_kimg  # noqa: E402
 from gandist.data.images import decode_array  # noqa: E402
 from gandist.data.specs import expand_shards, iter_shard  # noqa: E402
 from gandist.training.checkpoint import latest_checkpoint, manifest  # noqa: E402
@@ -244,19 +246,12 @@ def train_gan(cmd: Commands, name: str, config: Path, data: Path, kimg: float, e
     run_dir = runs / name
     args = ["train", "--config", shown(config), f"data.shards={shown(data)}", f"train.kimg={kimg:g}",
             f"output_dir={shown(runs)}", f"run_name={name}", "tracking.report_to=none", *extra]  # fmt: skip
-    summary = run_dir / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text())["kimg"] >= kimg:
+    if trained_kimg(run_dir, config, args[3:], "augmentation") >= kimg:  # stops if the run had another recipe
         cmd.note(args, train_seconds(run_dir), f"train {name}")
         return run_dir
     cmd.run(args, f"train {name}")
     cmd.seconds[f"train {name}"] = train_seconds(run_dir)  # what training took, whatever the jobs were
     return run_dir
-
-
-def train_seconds(run_dir: Path) -> float:
-    """Training time of a run from its stats (all its jobs, without start-up)."""
-    stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
-    return round(sum(s["sec_per_kimg"] * (s["kimg"] - p["kimg"]) for p, s in zip([{"kimg": 0}] + stats, stats)), 1)
 
 
 def generated(cmd: Commands, run_dir: Path, name: str, n_per_class: int, truncation: float | None = None) -> Path:

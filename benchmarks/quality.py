@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.children import run_child  # noqa: E402
+from benchmarks.runs import train_seconds, trained_kimg  # noqa: E402
 from gandist.data.prepare import iter_idx  # noqa: E402
 from gandist.data.shards import write_shards  # noqa: E402
 from gandist.generator.load import load_trained  # noqa: E402
@@ -214,17 +215,16 @@ def classifier_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> f
 def gandist_run(name: str, config: Path, train: str, kimg: float, work: Path, extra: list[str]) -> tuple[Path, dict]:
     """Train with gandist in a subprocess unless the run has reached `kimg` (a shorter run is continued)."""
     run_dir = work / "runs" / name
-    summary_path = run_dir / "summary.json"
-    if not (summary_path.is_file() and json.loads(summary_path.read_text())["kimg"] >= kimg):
-        cmd = [sys.executable, "-m", "gandist.train", "--config", str(config), f"data.shards={train}",
-               f"train.kimg={kimg}", f"output_dir={work / 'runs'}", f"run_name={name}", *extra]  # fmt: skip
+    overrides = [f"data.shards={train}", f"train.kimg={kimg}", f"output_dir={work / 'runs'}", f"run_name={name}"]
+    overrides += extra
+    if trained_kimg(run_dir, config, overrides, "quality") < kimg:  # stops if the run had another recipe
+        cmd = [sys.executable, "-m", "gandist.train", "--config", str(config), *overrides]
         log(" ".join(cmd))
         status = run_child(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         if status != 0:
             raise SystemExit(f"quality: training {name} exited {status}: {' '.join(cmd)}")
-    stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
-    seconds = sum(s["sec_per_kimg"] * (s["kimg"] - prev["kimg"]) for prev, s in zip([{"kimg": 0}] + stats, stats))
-    return run_dir, {"train_seconds": round(seconds, 1), "images_per_s": round(kimg * 1000 / max(seconds, 1e-9), 1)}
+    seconds = train_seconds(run_dir)
+    return run_dir, {"train_seconds": seconds, "images_per_s": round(kimg * 1000 / max(seconds, 1e-9), 1)}
 
 
 def _plain_gan_module():

@@ -87,15 +87,26 @@ def test_small_benchmark_has_every_condition_with_sane_accuracies_and_reuses_its
     assert [r["accuracies"] for r in again["rows"]] == [r["accuracies"] for r in result["rows"]]
     assert again["commands"] == result["commands"]
 
-    # a run trained again in the same folder (another seed here) writes a checkpoint of the same name: its
-    # images are generated again and the classifiers on them trained again, not taken from the cache
-    shutil.rmtree(work / "runs" / "4pc-diffaugment")
+    # the GANs asked for with another recipe (another seed here): a run trained with the old one is neither
+    # reported as the new one's nor continued; the benchmark stops with one line naming the run and the key
+    stopped = run([*cmd, "train.seed=1"], timeout=600, check=False)
+    said = [line for line in stopped.stderr.splitlines() if line.startswith("augmentation: ")]
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr
+    assert len(said) == 1 and "/runs/" in said[0] and "train.seed=0, this command asks for 1" in said[0], said
+    assert not any("] gandist " in line for line in stopped.stdout.splitlines())  # nothing trained or generated
+
+    # the GANs trained again in their folders (moved aside, as the message says) write checkpoints of the same
+    # names: their images are generated again and the classifiers on them trained again, not taken from the cache
+    old = {row["key"]: row for row in result["rows"]}
+    shutil.rmtree(work / "runs")
     third = run([*cmd, "train.seed=1"], timeout=900)
     generated = [line for line in third.stdout.splitlines() if "] gandist generate" in line]
-    assert any("4pc-diffaugment" in line for line in generated) and not any("full" in line for line in generated)
+    assert len(generated) == 5  # full, and each subset GAN's untruncated and psi 1 sets
     newer = json.loads((work / "augmentation-small.json").read_text())
     rows = {row["key"]: row for row in newer["rows"]}
     index = json.loads((Path(rows["real-10%+4pc-diffaugment-x4"]["gen"]) / "index.json").read_text())
     assert index["generator"]["checkpoint_sha256"] == manifest(latest_checkpoint(work / "runs" / "4pc-diffaugment"))
+    assert rows["real-10%+4pc-diffaugment-x4"]["gen"] == old["real-10%+4pc-diffaugment-x4"]["gen"]  # same folder
     retrained = [line for line in third.stdout.splitlines() if "seed 0: test accuracy" in line]
-    assert len(retrained) == 4 and all("] real 10% + generated 1:" in line for line in retrained), retrained
+    with_generated = [key for key, row in rows.items() if row["generated_images"] > 0]
+    assert len(retrained) == len(with_generated) == 13, retrained  # real-only rows come from the cache
