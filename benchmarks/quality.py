@@ -20,6 +20,8 @@ Steps (each cached under --work, default runs/quality/, and reused when present)
                images (that script has no data path; its steps are copied here verbatim, real batches added)
       best_v1  gandist, --best-v1-config (configs/fashion_mnist_best_v1.yaml: the best recipe before issue 18)
       best     gandist, --best-config (configs/fashion_mnist_best.yaml); --tag and key=value overrides apply to it
+    a run that reached --kimg is reused, a shorter one continued; one trained with another recipe (its config.yaml:
+    the config file changed since, other overrides) stops the script, naming the key: move it aside or use --tag
  4. the protocol (class Protocol), the same for every row: --num-fake images (class-balanced for a
     conditional G, quantised to 8 bits, fixed noise) against the 10,000 test images: FD, KID,
     precision and recall (k=3), density and coverage (k=5) in the feature space; per class, the
