@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from gandist.config import load_config, to_yaml
+from gandist.config import ConfigError, load_config, to_yaml
 
 # keys that say how long a job runs and where it writes, not what it trains
 NOT_THE_RECIPE = ("train.kimg", "train.max_steps", "train.checkpoint_kimg", "train.keep_checkpoints", "tracking.",
@@ -39,7 +39,10 @@ def trained_kimg(run_dir: Path, config: Path, overrides: list[str], program: str
     saved_path = run_dir / "config.yaml"
     if saved_path.is_file():
         saved = flat(yaml.safe_load(saved_path.read_text()) or {})
-        asked = flat(yaml.safe_load(to_yaml(load_config(config, overrides))))
+        try:
+            asked = flat(yaml.safe_load(to_yaml(load_config(config, overrides))))
+        except ConfigError as error:  # a mistyped key: said once, as `gandist train` would
+            raise SystemExit(f"{program}: {error}") from None
         for key, value in asked.items():
             if key in saved and saved[key] != value and not key.startswith(NOT_THE_RECIPE):
                 raise SystemExit(

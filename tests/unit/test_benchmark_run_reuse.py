@@ -129,3 +129,14 @@ def test_a_shorter_run_with_the_asked_config_is_continued(tmp_path, no_training)
     _trained(tmp_path, overrides, kimg=1.0)
     call()
     assert len(no_training) == 1 and "run_name=r" in no_training[0]
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_a_mistyped_key_beside_a_cached_run_is_one_line_naming_it(tmp_path, no_training, name):
+    overrides, _ = BENCHMARKS[name](tmp_path, [])
+    _trained(tmp_path, overrides)
+    _, call = BENCHMARKS[name](tmp_path, ["train.mode_seeking_wieght=0.8"])
+    with pytest.raises(SystemExit) as stop:
+        call()
+    assert str(stop.value).startswith(f"{name}: ") and "train.mode_seeking_wieght" in str(stop.value)
+    assert no_training == []
