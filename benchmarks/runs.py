@@ -15,21 +15,11 @@ from pathlib import Path
 import yaml
 
 from gandist.config import ConfigError, load_config, to_yaml
+from gandist.reporting.trackers import flatten
 
 # keys that say how long a job runs and where it writes, not what it trains
 NOT_THE_RECIPE = ("train.kimg", "train.max_steps", "train.checkpoint_kimg", "train.keep_checkpoints", "tracking.",
                   "resume", "output_dir", "run_name")  # fmt: skip
-
-
-def flat(tree: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def trained_kimg(run_dir: Path, config: Path, overrides: list[str], program: str) -> float:
@@ -38,9 +28,9 @@ def trained_kimg(run_dir: Path, config: Path, overrides: list[str], program: str
     and both values. Keys the run's config.yaml lacks (added to gandist since) count as their defaults."""
     saved_path = run_dir / "config.yaml"
     if saved_path.is_file():
-        saved = flat(yaml.safe_load(saved_path.read_text()) or {})
+        saved = flatten(yaml.safe_load(saved_path.read_text()) or {})
         try:
-            asked = flat(yaml.safe_load(to_yaml(load_config(config, overrides))))
+            asked = flatten(yaml.safe_load(to_yaml(load_config(config, overrides))))
         except ConfigError as error:  # a mistyped key: said once, as `gandist train` would
             raise SystemExit(f"{program}: {error}") from None
         for key, value in asked.items():
